@@ -1,0 +1,30 @@
+"""Shared fixtures: one local Ray instance for the whole session, and the demo dataset."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One Ray for every test (start-up costs seconds); more logical CPUs than cores on purpose."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> str:
+    """A small demo dataset (8 classes x 6 images), generated once per session."""
+    from core.data.demo import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    return generate_demo_dataset(str(root), images_per_class=6, image_size=32, seed=0)
