@@ -83,6 +83,9 @@ class CaptionerConfig:
     num_beams: int = 1
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = 8
+    # Rows per Ray Data block, in batches: bigger blocks cut per-task overhead, smaller ones spread
+    # a short job over more actors (blocks shrink automatically so each actor gets work).
+    batches_per_block: int = 8
     num_gpus: float = 0.0  # per actor; fractions share a GPU
     num_cpus: float = 1.0  # per actor
     min_actors: int = 1
@@ -96,6 +99,7 @@ class CaptionerConfig:
         check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
         check(self.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
         check(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.batches_per_block >= 1, f"{key}.batches_per_block", "must be >= 1")
         check(self.num_gpus >= 0, f"{key}.num_gpus", "must be >= 0")
         check(self.num_cpus >= 0, f"{key}.num_cpus", "must be >= 0")
         check(self.min_actors >= 1, f"{key}.min_actors", "must be >= 1 (Ray Data needs one)")
@@ -172,6 +176,122 @@ class CaptionJobConfig:
         check(self.limit >= 0, "limit", "must be >= 0")
         check(self.flush_rows >= 1, "flush_rows", "must be >= 1")
         check(self.progress_seconds > 0, "progress_seconds", "must be > 0")
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP text encoding, class means, regularized training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipConfig:
+    """An open_clip model: a registered name plus a pretrained tag or a local checkpoint file."""
+
+    model_name: str = "tiny-vit"  # e.g. ViT-L-14 (the paper's), ViT-B-32; tiny-vit for tests
+    pretrained: str = ""  # open_clip tag (openai, laion2b_s32b_b82k, ...) or a local file path
+    seed: int = 0  # seed of random weights when pretrained is ""
+
+
+@dataclass
+class ClassMeansJobConfig:
+    """``python -m ray_jobs.class_descriptions``: captions → mean semantic class descriptions."""
+
+    storage: str = "outputs"
+    captions: str = ""  # captions folder; "" → storage/captions
+    manifest: str = ""  # defines the classes and splits; "" → storage/demo/manifest.parquet
+    splits: list[str] = field(default_factory=lambda: ["train"])  # captions of these splits count
+    output: str = ""  # "" → storage/class_means.safetensors (+ .json summary beside it)
+    normalize: bool = True  # L2-normalise each description embedding before averaging
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    batch_size: int = 256  # captions per text-encoder batch
+    num_gpus: float = 0.0  # per encoder actor
+    num_actors: int = 1
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self, key: str) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.num_actors >= 1, "num_actors", "must be >= 1")
+        check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with separate encoder and head learning rates; linear warmup, then cosine decay."""
+
+    encoder_lr: float = 1e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of each peak learning rate
+
+    def validate(self, key: str) -> None:
+        check(self.encoder_lr >= 0, f"{key}.encoder_lr", "must be >= 0")
+        check(self.head_lr > 0, f"{key}.head_lr", "must be > 0")
+        check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        check(self.warmup_epochs >= 0, f"{key}.warmup_epochs", "must be >= 0")
+        check(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "must be in [0, 1]")
+
+
+@dataclass
+class TrainRegularizedConfig:
+    """``python -m ray_jobs.train_regularized``: CLIP encoder + linear head, J = CE + alpha*Jreg."""
+
+    storage: str = "outputs"
+    name: str = "regularized"  # run folder: storage/runs/<name>
+    manifest: str = ""  # "" → storage/demo/manifest.parquet
+    class_means: str = ""  # "" → storage/class_means.safetensors
+    prompt: str = ""  # with per-prompt means: which prompt's means; "" → the all-prompt means
+    alpha: float = 1.0  # regularizer weight; 0 → the baseline
+    compare_baseline: bool = False  # also train alpha=0 with the same seed and data order
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 10
+    batch_size: int = 32  # global batch, split across workers
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    amp: bool = True  # mixed precision (bfloat16/float16 autocast) when on GPU
+    keep_checkpoints: int = 2  # best N by val_acc
+    max_failures: int = 3  # worker failures survived by resuming from the last checkpoint
+    fail_at_epoch: int = -1  # fault injection for tests: kill a worker once after this epoch
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self, key: str) -> None:
+        check(self.alpha >= 0, "alpha", f"must be >= 0, got {self.alpha}")
+        check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        check(
+            self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
+            "batch_size",
+            f"must be a positive multiple of num_workers ({self.num_workers}), "
+            f"got {self.batch_size}",
+        )
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+
+
+@dataclass
+class PredictJobConfig:
+    """``python -m ray_jobs.predict``: a trained checkpoint + a manifest → predictions."""
+
+    storage: str = "outputs"
+    checkpoint: str = ""  # a checkpoint folder written by train_regularized
+    manifest: str = ""  # "" → storage/demo/manifest.parquet
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    output: str = ""  # "" → <checkpoint>/../predictions
+    batch_size: int = 64
+    num_actors: int = 1
+    num_gpus: float = 0.0
+    top_k: int = 5
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self, key: str) -> None:
+        check(bool(self.checkpoint), "checkpoint", "required: a checkpoint folder")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.num_actors >= 1, "num_actors", "must be >= 1")
+        check(self.top_k >= 1, "top_k", "must be >= 1")
 
 
 # Named presets for whole sections: ``captioner=minigpt4_tiny`` on the command line (or

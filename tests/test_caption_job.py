@@ -147,3 +147,43 @@ def test_hf_vlm_tiny_through_the_job(ray_local, demo_dataset, tmp_path) -> None:
 def test_missing_manifest_is_a_clear_error(ray_local, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.parquet: no such file"):
         caption_job.caption(_config(tmp_path, str(tmp_path / "nope.parquet")))
+
+
+def test_minigpt4_tiny_job_bar(ray_local, demo_dataset, tmp_path) -> None:
+    """The issue's bar with the tiny MiniGPT-4: all captioned, rerun adds nothing, 3 bad files."""
+    manifest = _with_bad_images(demo_dataset, tmp_path / "data")
+    n = read_manifest(manifest).num_rows
+    overrides = ("captioner=minigpt4_tiny", "captioner.max_new_tokens=3", "captioner.batch_size=8")
+    summary = caption_job.caption(_config(tmp_path, manifest, *overrides))
+    assert (summary.captioned, summary.failed, summary.skipped) == (n - 3, 3, 0)
+    table = storage.read_parquet(str(tmp_path / "captions"))
+    assert table.num_rows == n
+    assert set(table.column("model").to_pylist()) == {"minigpt4-vicuna-tiny"}
+    errors = table.filter(pc.not_equal(table.column("error"), ""))
+    assert sorted(errors.column("id").to_pylist()) == [
+        "circle/garbage.png",
+        "circle/zero.png",
+        "square/truncated.jpg",
+    ]
+    again = caption_job.caption(_config(tmp_path, manifest, *overrides))
+    assert (again.captioned, again.failed, again.skipped) == (0, 0, n)
+    assert storage.read_parquet(str(tmp_path / "captions")).num_rows == n
+
+
+def test_several_prompts_give_one_row_per_prompt(ray_local, demo_dataset, tmp_path) -> None:
+    prompts = ["Describe the shape.", "What colour is it?"]
+    summary = caption_job.caption(
+        _config(
+            tmp_path,
+            demo_dataset,
+            "captioner=minigpt4_tiny",
+            "captioner.max_new_tokens=2",
+            f"captioner.prompts=[{', '.join(repr(p) for p in prompts)}]",
+            "limit=6",
+        )
+    )
+    assert summary.captioned == 6
+    rows = _all_rows(str(tmp_path / "captions"))
+    assert len(rows) == 12
+    by_prompt = {p: sorted(r["id"] for r in rows if r["prompt"] == p) for p in prompts}
+    assert by_prompt[prompts[0]] == by_prompt[prompts[1]] and len(by_prompt[prompts[0]]) == 6

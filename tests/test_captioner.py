@@ -110,3 +110,15 @@ def test_reference_from_column_and_file(tmp_path: Path) -> None:
     assert model.describe(["img0", "img1"], [None, None], "any") == [["first", "second"], ["third"]]
     with pytest.raises(ValueError, match="no column 'nope' for reference descriptions"):
         ReferenceCaptionModel(ReferenceConfig(column="nope"), manifest_path=str(manifest))
+
+
+def test_block_rows_balance_overhead_and_spread() -> None:
+    from core.captioning.stage import plan_block_rows
+
+    # Long job: the configured number of batches per block.
+    assert plan_block_rows(10_000, 8, 8, 4) == 64
+    # Short job: blocks shrink so that each of 2 actors gets two blocks ...
+    assert plan_block_rows(100, 8, 8, 2) == 25
+    # ... but never below one batch.
+    assert plan_block_rows(10, 8, 8, 4) == 8
+    assert plan_block_rows(0, 8, 8, 1) == 8

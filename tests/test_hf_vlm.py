@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from core.captioning.base import GenerationSettings
-from core.captioning.hf_vlm import HFVLMCaptionModel, resolve_dtype, to_pil
+from core.captioning.devices import resolve_dtype
+from core.captioning.hf_vlm import HFVLMCaptionModel, to_pil
 from core.captioning.hf_vlm_tiny import IMAGE_TOKEN, NUM_IMAGE_TOKENS, write_tiny_llava
 from core.captioning.tiny_tokenizer import build_tiny_tokenizer
 from core.config import HFVLMConfig

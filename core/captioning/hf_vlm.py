@@ -22,30 +22,13 @@ from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 
 from core.captioning.base import CaptionModel, GenerationSettings
+from core.captioning.devices import resolve_device, resolve_dtype
 from core.captioning.hf_vlm_tiny import write_tiny_llava
 from core.config import HFVLMConfig
 
 # Auto classes tried in order. ``AutoModelForVision2Seq`` is gone from transformers 5 but still
 # names some models' class in 4.x, so it is used only where it exists.
 _AUTO_MODEL_CLASSES = ("AutoModelForImageTextToText", "AutoModelForVision2Seq")
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """One device choice for the whole backend: CUDA when present, else CPU (never ``.cuda()``)."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` means half precision on a GPU (memory, speed) and float32 on CPU (fp16 is slow)."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
-    return _DTYPES[dtype]
 
 
 def to_pil(image: np.ndarray | Image.Image) -> Image.Image:

@@ -8,6 +8,7 @@ cannot be read become error rows; the stage never stops for one bad file.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -107,26 +108,48 @@ class CaptionSummary:
     caption_rows: int
     seconds: float
     max_actors_seen: int
+    #: Time until the first captions came back (actor start, imports, model load) and how many
+    #: rows that first result held; the rest of the run is the steady state.
+    first_result_seconds: float = 0.0
+    first_result_rows: int = 0
+
+    def steady_images_per_second(self) -> float:
+        """Caption rows per second after the first result, i.e. without the start-up cost."""
+        span = self.seconds - self.first_result_seconds
+        rows = self.caption_rows - self.first_result_rows
+        return rows / span if span > 0 and rows > 0 else 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def count_caption_actors() -> int:
-    """Alive Ray Data actors running a ``Captioner`` (for the progress log)."""
-    try:
-        from ray.util.state import list_actors
+def caption_actor_nodes() -> list[str]:
+    """Node ids of this job's alive captioning actors (one entry per actor).
 
-        actors = list_actors(
-            filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False
-        )
-    except Exception:  # the state API is best-effort; progress must not fail the job
-        return -1
-    return sum(
-        1
-        for a in actors
-        if "MapWorker" in (a.class_name or "") and "Captioner" in (a.name or a.class_name or "")
-    )
+    Read from the GCS actor table, which needs no dashboard (the state API does); the table is
+    Ray's internal view, so any failure reads as "unknown" rather than failing the job.
+    """
+    try:
+        import ray
+        from ray._private import state
+
+        job_id = ray.get_runtime_context().get_job_id()
+        table = state.actors()
+    except Exception:  # progress is best-effort
+        return []
+    return [
+        info.get("Address", {}).get("NodeID", "")
+        for info in table.values()
+        if info.get("State") == "ALIVE"
+        and info.get("JobID") == job_id
+        and "MapWorker" in info.get("ActorClassName", "")
+        and "Captioner" in info.get("ActorClassName", "")
+    ]
+
+
+def count_caption_actors() -> int:
+    """Alive Ray Data actors of this job running a ``Captioner`` (for the progress log)."""
+    return len(caption_actor_nodes())
 
 
 def plan_todo(cfg: CaptionJobConfig, manifest_path: str, output: str) -> tuple[pa.Table, int, int]:
@@ -147,12 +170,19 @@ def plan_todo(cfg: CaptionJobConfig, manifest_path: str, output: str) -> tuple[p
     return todo, manifest.num_rows, manifest.num_rows - remaining.num_rows
 
 
+def plan_block_rows(rows: int, batch_size: int, batches_per_block: int, max_actors: int) -> int:
+    """Rows per input block: ``batches_per_block`` batches, but small enough that a short job
+    still gives every actor of the pool at least two blocks (never less than one batch)."""
+    spread = math.ceil(rows / (2 * max_actors)) if rows else batch_size
+    return max(batch_size, min(batch_size * batches_per_block, spread))
+
+
 def build_caption_dataset(cfg: CaptionJobConfig, todo: pa.Table, manifest_path: str):
     """The Ray Data plan: blocks of manifest rows → image-loading tasks → captioner actor pool."""
     import ray.data
 
     c = cfg.captioner
-    block_rows = max(1, c.batch_size * 2)
+    block_rows = plan_block_rows(todo.num_rows, c.batch_size, c.batches_per_block, c.max_actors)
     blocks = [todo.slice(i, block_rows) for i in range(0, todo.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
@@ -186,10 +216,14 @@ def run_caption_stage(cfg: CaptionJobConfig, manifest_path: str, output: str) ->
     rows = 0
     max_actors = 0
     last_log = time.monotonic()
+    first_seconds, first_rows = 0.0, 0
     if todo.num_rows:
         ds = build_caption_dataset(cfg, todo, manifest_path)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.add(batch)
+            if not rows:
+                first_seconds, first_rows = time.monotonic() - start, batch.num_rows
+                log.info("first captions after %.1f s", first_seconds)
             rows += batch.num_rows
             errors = pc.fill_null(batch.column("error"), "").to_pylist()
             for image_id, err in zip(batch.column("id").to_pylist(), errors, strict=True):
@@ -217,6 +251,8 @@ def run_caption_stage(cfg: CaptionJobConfig, manifest_path: str, output: str) ->
         skipped=skipped,
         failed=len(failed_ids - done_ids),
         caption_rows=rows,
-        seconds=round(time.monotonic() - start, 2),
+        seconds=round(time.monotonic() - start, 3),
         max_actors_seen=max_actors,
+        first_result_seconds=round(first_seconds, 3),
+        first_result_rows=first_rows,
     )
