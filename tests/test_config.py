@@ -9,6 +9,7 @@ import pytest
 from core.config import (
     CaptionJobConfig,
     ClassMeansJobConfig,
+    ClipDecoderTrainConfig,
     ConfigError,
     PredictJobConfig,
     TrainRegularizedConfig,
@@ -24,6 +25,7 @@ JOB_CONFIGS = {
     "class_descriptions_": ClassMeansJobConfig,
     "train_regularized_": TrainRegularizedConfig,
     "predict_": PredictJobConfig,
+    "train_clip_decoder_": ClipDecoderTrainConfig,
 }
 
 
@@ -53,7 +55,8 @@ def test_overrides_are_typed_and_nested() -> None:
         "f": "",
     }
     cfg = load_config(
-        CaptionJobConfig, CONFIG_DIR / "caption_demo.yaml", ["captioner.batch_size=16", "limit=5"]
+        CaptionJobConfig,
+    ClipDecoderTrainConfig, CONFIG_DIR / "caption_demo.yaml", ["captioner.batch_size=16", "limit=5"]
     )
     assert cfg.captioner.batch_size == 16 and cfg.limit == 5
     assert cfg.splits == ["train", "val", "test"]  # from the YAML
@@ -66,7 +69,8 @@ def test_section_preset_then_refinement() -> None:
     assert cfg.captioner.batch_size == 3
     # A preset replaces the whole section, including what the YAML set.
     cfg = load_config(
-        CaptionJobConfig, CONFIG_DIR / "caption_minigpt4.yaml", ["captioner=reference"]
+        CaptionJobConfig,
+    ClipDecoderTrainConfig, CONFIG_DIR / "caption_minigpt4.yaml", ["captioner=reference"]
     )
     assert cfg.captioner.backend == "reference" and cfg.captioner.num_gpus == 0
 
