@@ -55,8 +55,7 @@ def test_overrides_are_typed_and_nested() -> None:
         "f": "",
     }
     cfg = load_config(
-        CaptionJobConfig,
-    ClipDecoderTrainConfig, CONFIG_DIR / "caption_demo.yaml", ["captioner.batch_size=16", "limit=5"]
+        CaptionJobConfig, CONFIG_DIR / "caption_demo.yaml", ["captioner.batch_size=16", "limit=5"]
     )
     assert cfg.captioner.batch_size == 16 and cfg.limit == 5
     assert cfg.splits == ["train", "val", "test"]  # from the YAML
@@ -69,8 +68,7 @@ def test_section_preset_then_refinement() -> None:
     assert cfg.captioner.batch_size == 3
     # A preset replaces the whole section, including what the YAML set.
     cfg = load_config(
-        CaptionJobConfig,
-    ClipDecoderTrainConfig, CONFIG_DIR / "caption_minigpt4.yaml", ["captioner=reference"]
+        CaptionJobConfig, CONFIG_DIR / "caption_minigpt4.yaml", ["captioner=reference"]
     )
     assert cfg.captioner.backend == "reference" and cfg.captioner.num_gpus == 0
 
