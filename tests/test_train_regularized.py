@@ -110,3 +110,46 @@ def test_means_for_other_classes_are_refused(ray_local, demo_dataset, tmp_path) 
     save_class_means(path, ClassMeans(["a", "b"], torch.zeros(2, 32), [1, 1], prompts=["p"]))
     with pytest.raises(ValueError, match="do not match the manifest's classes"):
         train_regularized(_config(tmp_path, demo_dataset, path))
+
+
+def test_prediction_reproduces_the_checkpoint_test_accuracy(one_worker, demo_dataset, tmp_path):
+    """The predict job on the test split gives exactly the test accuracy the trainer reported
+    for that checkpoint; a broken image becomes an error row and the rest is still predicted."""
+    import pyarrow as pa
+
+    from core.config import PredictJobConfig
+    from core.data.manifest import write_manifest
+    from core.predict import run_prediction
+
+    checkpoint = one_worker.best_checkpoint
+    meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    cfg = load_config(
+        PredictJobConfig,
+        None,
+        [f"checkpoint={one_worker.run_dir}", f"manifest={demo_dataset}", "batch_size=8"],
+    )
+    cfg.checkpoint = checkpoint
+    summary = run_prediction(cfg)
+    assert summary.failed == 0
+    assert summary.accuracy == pytest.approx(meta["metrics"]["test_acc"], abs=1e-12)
+    report = json.loads(Path(summary.accuracy_path).read_text())
+    per_class = report["per_class"]
+    correct = sum(round(c["accuracy"] * c["images"]) for c in per_class.values())
+    assert correct / report["images"] == pytest.approx(report["accuracy"])
+
+    rows = read_manifest(demo_dataset).to_pylist()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    rows.append({**rows[0], "id": "broken.png", "path": str(broken), "split": "test"})
+    manifest = write_manifest(pa.Table.from_pylist(rows), str(tmp_path / "manifest.parquet"))
+    cfg.manifest, cfg.output = manifest, str(tmp_path / "pred")
+    again = run_prediction(cfg)
+    assert again.failed == 1 and again.images == summary.images
+    table = pa.parquet.read_table(again.output).to_pylist()
+    bad = [r for r in table if r["id"] == "broken.png"]
+    assert bad[0]["error"].startswith("not a recognised image format") and not bad[0]["predicted"]
+    good = [r for r in table if not r["error"]]
+    assert all(
+        len(r["top_classes"]) == 5 and r["top_probs"] == sorted(r["top_probs"], reverse=True)
+        for r in good
+    )
