@@ -379,7 +379,7 @@ class DemoJobConfig:
     num_workers: int = 1
     seed: int = 0
     optim: OptimConfig = field(default_factory=_demo_optim)
-    clip_decoder: bool = True  # also train CLIP-Decoder on the multi-label demo
+    clip_decoder: bool = False  # also train CLIP-Decoder on the multi-label demo
     clip_decoder_epochs: int = 4
     ray: RayConfig = field(default_factory=RayConfig)
 
