@@ -232,6 +232,20 @@ class OptimConfig:
         check(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "must be in [0, 1]")
 
 
+def check_training_run(cfg: Any) -> None:
+    """The checks every Ray Train job shares: epochs, workers, global batch, checkpoints."""
+    check(cfg.epochs >= 1, "epochs", "must be >= 1")
+    check(cfg.num_workers >= 1, "num_workers", "must be >= 1")
+    check(
+        cfg.batch_size >= cfg.num_workers and cfg.batch_size % cfg.num_workers == 0,
+        "batch_size",
+        f"must be a positive multiple of num_workers ({cfg.num_workers}), got {cfg.batch_size}",
+    )
+    check(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+    check(cfg.max_failures >= 0, "max_failures", "must be >= 0")
+    check(cfg.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+
+
 @dataclass
 class TrainRegularizedConfig:
     """``python -m ray_jobs.train_regularized``: CLIP encoder + linear head, J = CE + alpha*Jreg."""
@@ -259,17 +273,7 @@ class TrainRegularizedConfig:
 
     def validate(self, key: str) -> None:
         check(self.alpha >= 0, "alpha", f"must be >= 0, got {self.alpha}")
-        check(self.epochs >= 1, "epochs", "must be >= 1")
-        check(self.num_workers >= 1, "num_workers", "must be >= 1")
-        check(
-            self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
-            "batch_size",
-            f"must be a positive multiple of num_workers ({self.num_workers}), "
-            f"got {self.batch_size}",
-        )
-        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-        check(self.max_failures >= 0, "max_failures", "must be >= 0")
-        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check_training_run(self)
 
 
 @dataclass
@@ -346,17 +350,7 @@ class ClipDecoderTrainConfig:
         check(self.beta >= 0, "beta", "must be >= 0")
         check(self.alpha + self.beta > 0, "beta", "alpha and beta cannot both be 0")
         check(self.temperature > 0, "temperature", "must be > 0")
-        check(self.epochs >= 1, "epochs", "must be >= 1")
-        check(self.num_workers >= 1, "num_workers", "must be >= 1")
-        check(
-            self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
-            "batch_size",
-            f"must be a positive multiple of num_workers ({self.num_workers}), "
-            f"got {self.batch_size}",
-        )
-        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-        check(self.max_failures >= 0, "max_failures", "must be >= 0")
-        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check_training_run(self)
         for i, template in enumerate(self.custom_templates):
             check("{label}" in template, f"custom_templates[{i}]", "needs a {label} placeholder")
 
