@@ -360,6 +360,23 @@ def _demo_optim() -> OptimConfig:
 
 
 @dataclass
+class NusWideManifestConfig:
+    """``python -m ray_jobs.nus_wide_manifest``: NUS-WIDE's own files → manifest + labels.json."""
+
+    root: str = ""  # the dataset folder (TagList1k.txt, Concepts81.txt, ImageList/, ...)
+    output: str = ""  # manifest path; labels.json is written next to it
+    image_root: str = ""  # "" → <root>/Flickr
+    val_fraction: float = 0.0  # share of training images (by id hash) that becomes "val"
+    train_unseen_labels: bool = False  # the protocol keeps unseen labels off training images
+    drop_unlabelled: bool = True
+
+    def validate(self, key: str) -> None:
+        check(bool(self.root), "root", "required: the NUS-WIDE folder")
+        check(bool(self.output), "output", "required: where to write manifest.parquet")
+        check(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
+
+
+@dataclass
 class DemoJobConfig:
     """``python -m ray_jobs.demo``: every stage end to end on one machine with a local Ray."""
 
@@ -373,7 +390,7 @@ class DemoJobConfig:
     num_workers: int = 1
     seed: int = 0
     optim: OptimConfig = field(default_factory=_demo_optim)
-    clip_decoder: bool = False  # also train CLIP-Decoder on the multi-label demo
+    clip_decoder: bool = True  # also train CLIP-Decoder on the multi-label demo
     clip_decoder_epochs: int = 4
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from core import storage
@@ -118,17 +119,15 @@ def _run_clip_decoder(cfg: DemoJobConfig) -> dict[str, Any]:
     from core.config import ClipDecoderTrainConfig, load_config
     from ray_jobs.train_clip_decoder import train as train_clip_decoder
 
+    preset = Path(__file__).parent / "configs" / "train_clip_decoder_demo.yaml"
     decoder_cfg = load_config(
         ClipDecoderTrainConfig,
-        "ray_jobs/configs/train_clip_decoder_demo.yaml"
-        if storage.exists("ray_jobs/configs/train_clip_decoder_demo.yaml")
-        else None,
+        str(preset),
         [f"storage={cfg.storage}", f"epochs={cfg.clip_decoder_epochs}", f"seed={cfg.seed}"],
     )
     decoder_cfg.clip = cfg.clip
     decoder_cfg.ray = cfg.ray
-    result = train_clip_decoder(decoder_cfg)
-    return result if isinstance(result, dict) else dict(vars(result))
+    return train_clip_decoder(decoder_cfg).as_dict()
 
 
 def print_summary(out: dict[str, Any]) -> None:

@@ -114,6 +114,20 @@ def test_options_and_written_files(tmp_path):
     assert split.indices(["whales"]) == [1005]
 
 
+def test_manifest_job_writes_what_the_reader_reads(tmp_path, capsys):
+    from ray_jobs.nus_wide_manifest import main
+
+    _fake_nus_wide(tmp_path / "nus")
+    out = tmp_path / "out" / "manifest.parquet"
+    manifest, labels_json = main([f"root={tmp_path / 'nus'}", f"output={out}"])
+    expected, _ = nus_wide_manifest(str(tmp_path / "nus"))
+    assert manifest == str(out) and _rows(read_manifest(manifest)) == _rows(expected)
+    assert Path(labels_json) == out.parent / "labels.json"
+    splits = expected.column("split").to_pylist()  # 1 train image has no seen label: dropped
+    assert (splits.count("train"), splits.count("test")) == (2, 3)
+    assert "(test 3, train 2)" in capsys.readouterr().out
+
+
 def test_missing_and_malformed_files_are_named(tmp_path):
     _fake_nus_wide(tmp_path)
     whales = tmp_path / "Groundtruth" / "TrainTestLabels" / "Labels_whales_Test.txt"

@@ -12,7 +12,7 @@ import torch
 from core.config import TrainRegularizedConfig, load_config
 from core.data.manifest import read_manifest
 from core.text.class_means import ClassMeans, save_class_means
-from core.train.regularized import FAULT_MARKER
+from core.train.loop_parts import FAULT_MARKER
 from core.train.trainer import train_regularized
 
 pytestmark = pytest.mark.ray

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -307,16 +308,17 @@ class MiniGPT4CaptionModel(CaptionModel):
             from core.captioning.minigpt4_tiny import write_tiny_minigpt4
 
             folder = Path(tempfile.mkdtemp(prefix="minigpt4-tiny-"))
-            paths = write_tiny_minigpt4(folder, cfg.seed, cfg.template)
-            blip2_path, checkpoint, llm_path = (
-                paths["blip2_path"],
-                paths["checkpoint"],
-                paths["llm_path"],
-            )
+            try:
+                paths = write_tiny_minigpt4(folder, cfg.seed, cfg.template)
+                self._load(paths["blip2_path"], paths["checkpoint"], paths["llm_path"])
+            finally:
+                # Everything is in memory now; do not leak one folder per actor.
+                shutil.rmtree(folder, ignore_errors=True)
         else:
-            blip2_path, checkpoint, llm_path = cfg.blip2_path, cfg.checkpoint, cfg.llm_path
-        self.paths = {"blip2_path": blip2_path, "checkpoint": checkpoint, "llm_path": llm_path}
+            self._load(cfg.blip2_path, cfg.checkpoint, cfg.llm_path)
 
+    def _load(self, blip2_path: str, checkpoint: str, llm_path: str) -> None:
+        """The three official parts: BLIP-2 image side, ``llama_proj`` and the LLM."""
         # Image side. transformers keeps the Q-Former and query tokens in float32 even in half
         # precision (they are small and sensitive); the vision encoder takes the requested dtype.
         blip2_config, vision, qformer, query_tokens = load_blip2_image_side(blip2_path)

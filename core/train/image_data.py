@@ -147,6 +147,10 @@ class TransformImages:
         self.seed = seed
         self.max_side = max_side
 
+    @classmethod
+    def for_split(cls, rows: LabelledRows, transform: Callable, seed: int) -> TransformImages:
+        return cls(rows.table(), transform, seed)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(batch["row"]) == 0:
             return {"image": np.zeros((0,), np.float32), "label": batch["row"], "row": batch["row"]}
@@ -181,7 +185,7 @@ def _index_dataset(rows: np.ndarray, epoch: int, block_rows: int) -> Any:
 
 
 def build_train_datasets(
-    splits: dict[str, LabelledRows],
+    splits: dict[str, Any],
     train_transform: Callable,
     eval_transform: Callable,
     *,
@@ -190,35 +194,40 @@ def build_train_datasets(
     global_batch: int,
     world: int,
     num_cpus: float = 1.0,
+    batch_class: type[TransformImages] | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """Every (epoch, rank) training stream plus per-rank val/test streams, built lazily.
 
-    Ray Train accepts dataset factories; only the streams a worker iterates are ever executed.
+    ``batch_class.for_split(rows, transform, seed)`` makes the Ray Data batch function that
+    turns (row, epoch) batches into model inputs (:class:`TransformImages` by default; the
+    multi-label trainer passes its own). Ray Train accepts dataset factories; only the streams a
+    worker iterates are ever executed.
     """
-    local = global_batch // world
-    block_rows = max(local, 4 * local)
+    batch_class = batch_class or TransformImages
+    block_rows = 4 * (global_batch // world)
     datasets: dict[str, Callable[[], Any]] = {}
 
-    def make(split: str, rows: np.ndarray, epoch: int, transform: Callable) -> Callable[[], Any]:
+    def make(split: str, rows: np.ndarray, epoch: int) -> Callable[[], Any]:
+        transform = train_transform if split == "train" else eval_transform
+
         def factory() -> Any:
             import ray.data
 
             # Dozens of tiny per-epoch streams: their bars would drown the per-epoch metrics.
             ray.data.DataContext.get_current().enable_progress_bars = False
-            fn = TransformImages(splits[split].table(), transform, seed)
+            fn = batch_class.for_split(splits[split], transform, seed)
             return _index_dataset(rows, epoch, block_rows).map_batches(
                 fn, batch_format="numpy", batch_size=None, num_cpus=num_cpus
             )
 
         return factory
 
-    n_train = len(splits["train"])
     for epoch in range(epochs):
         for rank in range(world):
-            rows = rank_train_rows(n_train, seed, epoch, global_batch, rank, world)
-            datasets[train_dataset_name(epoch, rank)] = make("train", rows, epoch, train_transform)
+            rows = rank_train_rows(len(splits["train"]), seed, epoch, global_batch, rank, world)
+            datasets[train_dataset_name(epoch, rank)] = make("train", rows, epoch)
     for split in EVAL_SPLITS:
         for rank in range(world):
             rows = rank_eval_rows(len(splits[split]), rank, world)
-            datasets[eval_dataset_name(split, rank)] = make(split, rows, -1, eval_transform)
+            datasets[eval_dataset_name(split, rank)] = make(split, rows, -1)
     return datasets

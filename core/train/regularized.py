@@ -9,30 +9,31 @@ group resumes at the next epoch and ``metrics.jsonl`` lists every epoch exactly 
 
 from __future__ import annotations
 
-import contextlib
-import json
+import functools
 import logging
-import os
-import tempfile
 import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from core import storage
 from core.config import TrainRegularizedConfig, config_from_dict
 from core.losses import regularized_ce_loss
 from core.models.clip_classifier import ClipClassifier, build_classifier, save_classifier
 from core.text.class_means import load_class_means
 from core.train.image_data import eval_dataset_name, steps_per_epoch, train_dataset_name
-from core.train.schedule import build_scheduler
+from core.train.loop_parts import (
+    all_reduce_sum,
+    autocast,
+    build_optimizer,
+    grad_scaler,
+    maybe_inject_fault,
+    report_epoch,
+    restore,
+    training_state,
+    unwrap,
+)
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.jsonl"
-FAULT_MARKER = "_fault_injected"
 
 
 def load_means_for(cfg: TrainRegularizedConfig, path: str, classes: list[str]) -> torch.Tensor:
@@ -48,30 +49,6 @@ def load_means_for(cfg: TrainRegularizedConfig, path: str, classes: list[str]) -
     return means.means.float()
 
 
-def _unwrap(model: torch.nn.Module) -> ClipClassifier:
-    return model.module if hasattr(model, "module") else model
-
-
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few scalars over the worker group (a no-op with one worker)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    """bfloat16 autocast on GPUs that have it, float16 otherwise; nothing on CPU."""
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def _needs_scaler(device: torch.device, enabled: bool) -> bool:
-    return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-
-
 def evaluate(model: torch.nn.Module, batches: Any, device: torch.device, amp: bool) -> list[float]:
     """(correct, count) of this worker's share of a split."""
     correct = count = 0
@@ -80,24 +57,11 @@ def evaluate(model: torch.nn.Module, batches: Any, device: torch.device, amp: bo
         for batch in batches:
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 logits, _ = model(images)
             correct += int((logits.argmax(dim=1) == labels).sum())
             count += int(labels.numel())
     return [float(correct), float(count)]
-
-
-def _maybe_inject_fault(cfg: TrainRegularizedConfig, run_dir: str, epoch: int, rank: int) -> None:
-    """Fault injection for tests: the last worker dies once, mid-epoch ``fail_at_epoch``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.fail_at_epoch != epoch or rank != world - 1:
-        return
-    marker = storage.join(run_dir, FAULT_MARKER)
-    if storage.exists(marker):
-        return
-    storage.write_bytes(marker, f"worker {rank} killed in epoch {epoch}\n".encode())
-    log.warning("fault injection: killing worker %d in epoch %d", rank, epoch)
-    os._exit(1)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -122,33 +86,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"in {bundle.embed_dim}; build the means with the same CLIP model"
         )
     model = ray.train.torch.prepare_model(model)
-    core_model = _unwrap(model)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": core_model.encoder.parameters(), "lr": cfg.optim.encoder_lr},
-            {"params": core_model.head.parameters(), "lr": cfg.optim.head_lr},
-        ],
-        weight_decay=cfg.optim.weight_decay,
+    core_model: ClipClassifier = unwrap(model)
+    optimizer, scheduler = build_optimizer(
+        core_model.encoder.parameters(),
+        core_model.head.parameters(),
+        cfg.optim,
+        steps_per_epoch(n_train, cfg.batch_size),
+        cfg.epochs,
     )
-    steps = steps_per_epoch(n_train, cfg.batch_size)
-    scheduler = build_scheduler(
-        optimizer,
-        warmup_steps=round(cfg.optim.warmup_epochs * steps),
-        total_steps=cfg.epochs * steps,
-        floor=cfg.optim.min_lr_ratio,
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=_needs_scaler(device, cfg.amp))
-
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu")
-        core_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        log.info("rank %d resumed after epoch %d", rank, state["epoch"])
+    scaler = grad_scaler(device, cfg.amp)
+    start_epoch, history = restore(core_model, optimizer, scheduler, rank)
 
     local_batch = cfg.batch_size // world
     for epoch in range(start_epoch, cfg.epochs):
@@ -160,10 +107,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             shard.iter_torch_batches(batch_size=local_batch, drop_last=True)
         ):
             if step == 1:
-                _maybe_inject_fault(cfg, run_dir, epoch, rank)
+                maybe_inject_fault(cfg.fail_at_epoch, run_dir, epoch, rank)
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device)
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.amp):
                 logits, x = model(images)
             terms = regularized_ce_loss(logits, x, labels, means, cfg.alpha)
             optimizer.zero_grad(set_to_none=True)
@@ -177,11 +124,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sums[2] += float((logits.argmax(dim=1) == labels).sum())
             sums[3] += n
         train_seconds = time.perf_counter() - epoch_start
-        ce, reg, correct, n = _all_reduce(sums, device)
-        val = _all_reduce(
+        ce, reg, correct, n = all_reduce_sum(sums, device)
+        val = all_reduce_sum(
             evaluate(model, _eval_batches("val", rank, local_batch), device, cfg.amp), device
         )
-        test = _all_reduce(
+        test = all_reduce_sum(
             evaluate(model, _eval_batches("test", rank, local_batch), device, cfg.amp), device
         )
         metrics = {
@@ -199,48 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         history.append(metrics)
-        _report(
-            metrics, history, epoch, core_model, optimizer, scheduler, cfg, classes, run_dir, rank
-        )
 
-
-def _eval_batches(split: str, rank: int, batch_size: int) -> Any:
-    import ray.train
-
-    return ray.train.get_dataset_shard(eval_dataset_name(split, rank)).iter_torch_batches(
-        batch_size=batch_size
-    )
-
-
-def _report(
-    metrics: dict[str, Any],
-    history: list[dict[str, Any]],
-    epoch: int,
-    model: ClipClassifier,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    cfg: TrainRegularizedConfig,
-    classes: list[str],
-    run_dir: str,
-    rank: int,
-) -> None:
-    """Every worker reports (it is a barrier); only rank 0 writes a checkpoint and the metrics."""
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-            },
-            os.path.join(folder, STATE_FILE),
-        )
         meta = {
             "clip": {
                 "model_name": cfg.clip.model_name,
@@ -252,7 +158,19 @@ def _report(
             "epoch": epoch,
             "metrics": metrics,
         }
-        save_classifier(model, folder, meta)
-        lines = "".join(json.dumps(m) + "\n" for m in history)
-        storage.write_bytes(storage.join(run_dir, METRICS_FILE), lines.encode())
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        report_epoch(
+            metrics,
+            history,
+            training_state(core_model, optimizer, scheduler, epoch, history),
+            functools.partial(save_classifier, core_model, meta=meta),
+            run_dir,
+            rank,
+        )
+
+
+def _eval_batches(split: str, rank: int, batch_size: int) -> Any:
+    import ray.train
+
+    return ray.train.get_dataset_shard(eval_dataset_name(split, rank)).iter_torch_batches(
+        batch_size=batch_size
+    )

@@ -13,8 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +20,10 @@ from core import storage
 from core.config import TrainRegularizedConfig, to_dict
 from core.models.open_clip_models import build_transforms
 from core.train.image_data import build_train_datasets, load_splits
+from core.train.launch import absolute_storage, launch_torch_trainer
+from core.train.loop_parts import METRICS_FILE
 from core.train.plots import plot_accuracy_curves
-from core.train.regularized import METRICS_FILE, load_means_for, train_loop_per_worker
+from core.train.regularized import load_means_for, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ class TrainSummary:
     summary_path: str = ""
 
 
-def _abs_storage(path: str) -> str:
-    """Ray Train wants an absolute local path or a URI."""
-    return path if storage.is_uri(path) else os.path.abspath(path)
-
-
 def resolve_inputs(cfg: TrainRegularizedConfig) -> tuple[str, str]:
     manifest = cfg.manifest or storage.join(cfg.storage, "demo", "manifest.parquet")
     means = cfg.class_means or storage.join(cfg.storage, "class_means.safetensors")
@@ -77,15 +72,20 @@ def read_history(run_dir: str) -> list[dict[str, Any]]:
 
 
 def fit_one(
-    cfg: TrainRegularizedConfig, storage_path: str, name: str, manifest: str, means: str
+    cfg: TrainRegularizedConfig,
+    storage_path: str,
+    name: str,
+    manifest: str,
+    means: str,
+    callbacks: list[Any] | None = None,
 ) -> RunResult:
-    """One TorchTrainer run of ``cfg`` under ``storage_path/name``."""
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
-
+    """One TorchTrainer run of ``cfg`` under ``storage_path/name`` (``callbacks``: e.g. Tune's)."""
     classes, splits = load_splits(manifest)
     load_means_for(cfg, means, classes)  # fail here, before any worker starts
+    if len(splits["train"]) < cfg.batch_size:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is larger than the {len(splits['train'])} training rows"
+        )
     train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
     datasets = build_train_datasets(
         splits,
@@ -96,61 +96,39 @@ def fit_one(
         global_batch=cfg.batch_size,
         world=cfg.num_workers,
     )
-    if len(splits["train"]) < cfg.batch_size:
-        raise ValueError(
-            f"batch_size {cfg.batch_size} is larger than the {len(splits['train'])} training rows"
-        )
+    storage_path = absolute_storage(storage_path)
     run_dir = storage.join(storage_path, name)
-    score = "val_acc" if len(splits["val"]) else "train_acc"
-    trainer = TorchTrainer(
+    log.info("training %s (alpha=%g) → %s", name, cfg.alpha, run_dir)
+    launched = launch_torch_trainer(
         train_loop_per_worker,
-        train_loop_config={
+        {
             "cfg": to_dict(cfg),
             "classes": classes,
             "run_dir": run_dir,
             "num_train": len(splits["train"]),
             "class_means": means,
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute=score,
-                checkpoint_score_order="max",
-            ),
-        ),
+        cfg,
+        storage_path=storage_path,
+        name=name,
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
-        ),
+        metric="val_acc" if len(splits["val"]) else "train_acc",
+        callbacks=callbacks,
     )
-    log.info("training %s (alpha=%g) → %s", name, cfg.alpha, run_dir)
-    start = time.perf_counter()
-    result = trainer.fit()
-    log.info("%s finished in %.1f s", name, time.perf_counter() - start)
-    history = read_history(run_dir)
-    best = result.get_best_checkpoint(metric=score, mode="max") if result.best_checkpoints else None
     return RunResult(
         name=name,
         alpha=cfg.alpha,
         run_dir=run_dir,
-        history=history,
-        best_checkpoint=best.path if best else "",
-        latest_checkpoint=result.checkpoint.path if result.checkpoint else "",
+        history=read_history(run_dir),
+        best_checkpoint=launched.best_checkpoint,
+        latest_checkpoint=launched.latest_checkpoint,
     )
 
 
 def train_regularized(cfg: TrainRegularizedConfig) -> TrainSummary:
     """Run the configured training (and the alpha = 0 baseline beside it if asked)."""
     manifest, means = resolve_inputs(cfg)
-    root = _abs_storage(storage.join(cfg.storage, "runs"))
+    root = absolute_storage(storage.join(cfg.storage, "runs"))
     summary = TrainSummary()
     if not cfg.compare_baseline:
         summary.runs.append(fit_one(cfg, root, cfg.name, manifest, means))

@@ -1,0 +1,105 @@
+"""One TorchTrainer launch shared by both training jobs (and by each Tune trial).
+
+Both methods run the same way: a worker function with its config dict, one lazily-built Ray
+dataset per (epoch, rank) handed over unsplit and in order, checkpoints kept by a score, resume
+from the last checkpoint after a worker failure. Keeping the launch in one place keeps the two
+jobs, and a Tune trial of either, identical in everything but the worker function.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core import storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LaunchResult:
+    """Where the run's checkpoints lie, as paths the caller can read back (URI kept)."""
+
+    run_dir: str
+    best_checkpoint: str
+    latest_checkpoint: str
+    seconds: float
+
+
+def absolute_storage(path: str) -> str:
+    """Ray Train wants an absolute local path or a URI."""
+    return path if storage.is_uri(path) else os.path.abspath(path)
+
+
+def _checkpoint_uri(run_dir: str, checkpoint: Any) -> str:
+    """Ray reports checkpoint paths inside their filesystem (``bucket/...`` for s3://)."""
+    if checkpoint is None:
+        return ""
+    if storage.is_uri(run_dir):
+        return storage.join(run_dir, posixpath.basename(checkpoint.path.rstrip("/")))
+    return checkpoint.path
+
+
+def launch_torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    cfg: Any,
+    *,
+    storage_path: str,
+    name: str,
+    datasets: dict[str, Any],
+    metric: str,
+    mode: str = "max",
+    callbacks: list[Any] | None = None,
+) -> LaunchResult:
+    """Fit one TorchTrainer with ``cfg``'s workers, failures and checkpoint settings.
+
+    ``callbacks`` go to the RunConfig: a Tune trial passes ``TuneReportCallback`` here so the
+    trial sees every epoch's metrics. Calling again with the same storage and name resumes.
+    """
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    storage_path = absolute_storage(storage_path)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode,
+            ),
+            callbacks=list(callbacks or []),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
+        ),
+    )
+    run_dir = storage.join(storage_path, name)
+    start = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    log.info("%s finished in %.1f s", name, seconds)
+    best = result.get_best_checkpoint(metric=metric, mode=mode) if result.best_checkpoints else None
+    return LaunchResult(
+        run_dir=run_dir,
+        best_checkpoint=_checkpoint_uri(run_dir, best),
+        latest_checkpoint=_checkpoint_uri(run_dir, result.checkpoint),
+        seconds=seconds,
+    )
