@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -112,6 +112,8 @@ class CaptionSummary:
     #: rows that first result held; the rest of the run is the steady state.
     first_result_seconds: float = 0.0
     first_result_rows: int = 0
+    #: (seconds since start, captioning actors) at every progress line: the pool's growth.
+    actors_over_time: list[tuple[float, int]] = field(default_factory=list)
 
     def steady_images_per_second(self) -> float:
         """Caption rows per second after the first result, i.e. without the start-up cost."""
@@ -215,6 +217,7 @@ def run_caption_stage(cfg: CaptionJobConfig, manifest_path: str, output: str) ->
     failed_ids: set[str] = set()
     rows = 0
     max_actors = 0
+    actors_over_time: list[tuple[float, int]] = []
     last_log = time.monotonic()
     first_seconds, first_rows = 0.0, 0
     if todo.num_rows:
@@ -232,6 +235,7 @@ def run_caption_stage(cfg: CaptionJobConfig, manifest_path: str, output: str) ->
             if now - last_log >= cfg.progress_seconds:
                 actors = count_caption_actors()
                 max_actors = max(max_actors, actors)
+                actors_over_time.append((round(now - start, 1), actors))
                 finished = len(done_ids | failed_ids)
                 log.info(
                     "progress: %d/%d images (%d failed), %.1f images/s, captioning actors: %d",
@@ -255,4 +259,5 @@ def run_caption_stage(cfg: CaptionJobConfig, manifest_path: str, output: str) ->
         max_actors_seen=max_actors,
         first_result_seconds=round(first_seconds, 3),
         first_result_rows=first_rows,
+        actors_over_time=actors_over_time,
     )

@@ -1,0 +1,168 @@
+"""``ray job submit`` of the captioning job to a real Ray head with a job server, as on a cluster.
+
+The head is ``ray start --head --block`` in a child process with its own temp folder and free
+ports, its dashboard / job server on 127.0.0.1 only, and token authentication on (Ray 2.60): the
+CLI and the Python client both have to present the token. ``ray stop`` is not used for teardown
+because it stops every Ray of this user on the machine; the head is ended through its own
+process (``--block`` stops its Ray on SIGTERM) and leftovers by pid (see ``_isolated_ray``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from _isolated_ray import REPO, IsolatedRay, isolated_ray, run_logged, tail
+
+from core import storage
+from core.data.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+pytestmark = pytest.mark.ray
+
+# Uploaded with --working-dir: the code and configs, not outputs or caches (.gitignore applies too).
+EXCLUDES = [".git", "outputs", "**/__pycache__", ".ruff_cache", ".pytest_cache", "*.egg-info"]
+START_TIMEOUT = 120.0
+JOB_TIMEOUT = 300.0
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Head:
+    """A ``ray start --head --block`` process and the address of its job server."""
+
+    def __init__(self, iso: IsolatedRay, log: Path) -> None:
+        gcs, dash, client, agent, agent_grpc, env_agent, metrics = _free_ports(7)
+        self.iso = iso
+        self.log = log
+        self.address = f"http://127.0.0.1:{dash}"
+        cmd = [
+            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            f"--port={gcs}", "--num-cpus=4", "--disable-usage-stats",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={env_agent}",
+            f"--metrics-export-port={metrics}",
+            f"--temp-dir={iso.tmpdir}/ray",
+        ]  # fmt: skip
+        self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        # No draining on SIGTERM (nothing to hand over here): the head stops at once.
+        env = {**iso.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.iso.token}"}
+
+    def client(self) -> JobSubmissionClient:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers=self.auth_headers())
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"ray start exited with {self.proc.returncode}:\n{tail(self.log)}")
+            request = urllib.request.Request(
+                f"{self.address}/api/jobs/", headers=self.auth_headers()
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(1.0)
+        pytest.fail(f"job server not up after {START_TIMEOUT:.0f}s:\n{tail(self.log)}")
+
+    def stop(self) -> None:
+        """SIGTERM to ``ray start --block`` only: it stops its own Ray processes in order (a
+        signal to the whole group would stop the GCS first and stall the raylet's shutdown)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory) -> Iterator[Head]:
+    logs = tmp_path_factory.mktemp("head")
+    with isolated_ray() as iso:
+        head = Head(iso, logs / "head.log")
+        try:
+            head.wait_ready()
+            yield head
+        finally:
+            head.stop()
+            leftovers = iso.wait_gone(15.0)
+    assert not leftovers, f"the head left processes behind (now ended): {leftovers}"
+
+
+def test_job_server_refuses_requests_without_the_token(head) -> None:
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        urllib.request.urlopen(f"{head.address}/api/jobs/", timeout=10)
+    assert excinfo.value.code in (401, 403)
+
+
+def test_submitted_caption_job_succeeds_and_writes_parquet(head, tmp_path) -> None:
+    from ray.job_submission import JobStatus
+
+    out = tmp_path / "storage"
+    submission_id = f"caption-{uuid.uuid4().hex[:8]}"
+    submit = [
+        "python", "-m", "ray.scripts.scripts", "job", "submit",
+        "--address", head.address, "--submission-id", submission_id,
+        "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
+        "--no-wait", "--",
+        "python", "-m", "ray_jobs.caption", "--config", "ray_jobs/configs/caption_demo.yaml",
+        f"storage={out}", "demo.images_per_class=3", "demo.image_size=32",
+    ]  # fmt: skip
+    # The CLI sends the token because RAY_AUTH_MODE=token and RAY_AUTH_TOKEN are in its env.
+    run_logged(submit, head.iso, tmp_path / "submit.log", timeout=120)
+    client = head.client()
+    deadline = time.monotonic() + JOB_TIMEOUT
+    status = client.get_job_status(submission_id)
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(1.0)
+        status = client.get_job_status(submission_id)
+    logs = client.get_job_logs(submission_id)
+    assert status == JobStatus.SUCCEEDED, f"job ended {status}:\n{logs[-6000:]}"
+    assert "captioning done: captioned=24 skipped=0 failed=0" in logs
+
+    manifest = read_manifest(str(out / "demo" / "manifest.parquet"))
+    captions = storage.read_parquet(str(out / "captions"))
+    assert captions.num_rows == manifest.num_rows == 24
+    descriptions = manifest["description"].to_pylist()
+    expected = dict(zip(manifest["id"].to_pylist(), descriptions, strict=True))
+    got = dict(zip(captions["id"].to_pylist(), captions["caption"].to_pylist(), strict=True))
+    assert got == expected
