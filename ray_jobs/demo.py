@@ -12,6 +12,7 @@ methods achieve. Rerunning it resumes: finished captions and training runs are r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from core.config import (
     PredictJobConfig,
     TrainRegularizedConfig,
 )
+from core.train.launch import absolute_storage
 from ray_jobs.caption import caption
 from ray_jobs.class_descriptions import class_descriptions
 from ray_jobs.cli import init_ray, parse_job_config, run_main
@@ -44,6 +46,8 @@ def _fmt(value: Any) -> str:
 def run_demo(cfg: DemoJobConfig) -> dict[str, Any]:
     """Run every stage; return the numbers and paths the summary prints."""
     start = time.monotonic()
+    # Absolute from here on: manifests record image paths, and Train workers run elsewhere.
+    cfg = dataclasses.replace(cfg, storage=absolute_storage(cfg.storage))
     init_ray(cfg.ray, cpus_needed=max(3, cfg.num_workers + 2))
     out: dict[str, Any] = {"storage": cfg.storage}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,8 +54,17 @@ def _config(storage: Path, manifest: str, means: str, *overrides: str) -> TrainR
 
 @pytest.fixture(scope="module")
 def one_worker(ray_local, demo_dataset, means_file, tmp_path_factory):
+    """Run with a RELATIVE storage root and the default class-means path under it, as the
+    demo does: Train workers run in their own folder, so the driver must resolve both."""
     root = tmp_path_factory.mktemp("w1")
-    summary = train_regularized(_config(root, demo_dataset, means_file, "name=w1"))
+    shutil.copy(means_file, root / "class_means.safetensors")
+    cwd = os.getcwd()
+    os.chdir(root.parent)
+    try:
+        cfg = _config(Path(root.name), demo_dataset, "", "name=w1")
+        summary = train_regularized(cfg)
+    finally:
+        os.chdir(cwd)
     return summary.runs[0]
 
 

@@ -436,7 +436,8 @@ def resolve_clip_decoder_inputs(cfg: ClipDecoderTrainConfig) -> tuple[str, str]:
             f"labels: {labels}: no such file (seen / unseen label lists, written next to the "
             "manifest by the NUS-WIDE reader and the demo; set labels=... to point elsewhere)"
         )
-    return manifest, labels
+    # Absolute: Train workers run in their own folder.
+    return absolute_storage(manifest), absolute_storage(labels)
 
 
 def _templates(cfg: ClipDecoderTrainConfig) -> list[str]:

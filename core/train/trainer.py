@@ -55,12 +55,13 @@ class TrainSummary:
 
 
 def resolve_inputs(cfg: TrainRegularizedConfig) -> tuple[str, str]:
+    """(manifest, class means) as absolute paths or URIs: Train workers run in their own folder."""
     manifest = cfg.manifest or storage.join(cfg.storage, "demo", "manifest.parquet")
     means = cfg.class_means or storage.join(cfg.storage, "class_means.safetensors")
     for what, path in (("manifest", manifest), ("class_means", means)):
         if not storage.exists(path):
             raise FileNotFoundError(f"{what}: {path}: no such file")
-    return manifest, means
+    return absolute_storage(manifest), absolute_storage(means)
 
 
 def read_history(run_dir: str) -> list[dict[str, Any]]:
