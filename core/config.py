@@ -120,6 +120,9 @@ class RayConfig:
 
     address: str = ""  # "" → RAY_ADDRESS if set, else start a local instance; "auto" → running one
     num_cpus: int = 0  # logical CPUs of a local instance; 0 → enough for the job's operators
+    # A local instance's dashboard (127.0.0.1:8265): Ray's state API needs it, and so does Ray
+    # Train's placement-group cleaner, which otherwise logs a warning every second of a run.
+    dashboard: bool = True
 
     def validate(self, key: str) -> None:
         check(self.num_cpus >= 0, f"{key}.num_cpus", "must be >= 0")

@@ -50,7 +50,7 @@ def init_ray(cfg: RayConfig, cpus_needed: float = 1.0) -> None:
         ray.init(address=address)
         return
     num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(cpus_needed + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=cfg.dashboard)
 
 
 def run_main(main: Callable[[], Any]) -> None:
