@@ -130,6 +130,15 @@ def draw_sample(
     return Image.fromarray(pixels), sample
 
 
+def write_png(image: Image.Image, root: str, rel: str) -> str:
+    """Save ``image`` as ``<root>/images/<rel>`` (local or a URI); returns the path."""
+    path = storage.join(root, "images", rel)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    storage.write_bytes(path, buf.getvalue())
+    return path
+
+
 def generate_demo_dataset(
     root: str,
     images_per_class: int = 40,
@@ -148,10 +157,7 @@ def generate_demo_dataset(
         for k in range(images_per_class):
             image, sample = draw_sample(shape, rng, image_size)
             rel = f"{shape}/{shape}_{k:04d}.png"
-            path = storage.join(root, "images", rel)
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            storage.write_bytes(path, buf.getvalue())
+            path = write_png(image, root, rel)
             rows["id"].append(rel)
             rows["path"].append(path)
             rows["label"].append(shape)

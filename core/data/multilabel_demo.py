@@ -8,7 +8,6 @@ training split having them checks that a trainer keeps unseen labels out of its 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from core import storage
-from core.data.demo import BACKGROUNDS, CLASSES, COLOURS, _draw_shape, _polygon
+from core.data.demo import BACKGROUNDS, CLASSES, COLOURS, _draw_shape, _polygon, write_png
 from core.data.manifest import SPLIT_NAMES, ManifestError, assign_split, write_manifest
 from core.data.nus_wide import LABEL_SPLIT_FILE, LabelSplit, sibling_path
 
@@ -118,10 +117,7 @@ def generate_multilabel_demo(
         rng = np.random.default_rng([seed, k])
         image, labels, description = draw_multilabel_sample(rng, image_size)
         rel = f"img_{k:04d}.png"
-        path = storage.join(root, "images", rel)
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        storage.write_bytes(path, buf.getvalue())
+        path = write_png(image, root, rel)
         rows["id"].append(rel)
         rows["path"].append(path)
         rows["labels"].append(labels)
