@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the offending key."""
 
 
+def at(section: str, name: str) -> str:
+    """The full key of ``name`` in ``section`` (top level: ``section`` is "" or "config")."""
+    return name if section in ("", "config") else f"{section}.{name}"
+
+
 def check(condition: bool, key: str, message: str) -> None:
     """Raise ``ConfigError('key: message')`` unless ``condition`` holds."""
     if not condition:
@@ -235,18 +240,21 @@ class OptimConfig:
         check(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "must be in [0, 1]")
 
 
-def check_training_run(cfg: Any) -> None:
-    """The checks every Ray Train job shares: epochs, workers, global batch, checkpoints."""
-    check(cfg.epochs >= 1, "epochs", "must be >= 1")
-    check(cfg.num_workers >= 1, "num_workers", "must be >= 1")
+def check_training_run(cfg: Any, key: str = "") -> None:
+    """The checks every Ray Train job shares: epochs, workers, global batch, checkpoints.
+
+    ``key``: the section the run's settings sit in (a sweep nests them under its target).
+    """
+    check(cfg.epochs >= 1, at(key, "epochs"), "must be >= 1")
+    check(cfg.num_workers >= 1, at(key, "num_workers"), "must be >= 1")
     check(
         cfg.batch_size >= cfg.num_workers and cfg.batch_size % cfg.num_workers == 0,
-        "batch_size",
+        at(key, "batch_size"),
         f"must be a positive multiple of num_workers ({cfg.num_workers}), got {cfg.batch_size}",
     )
-    check(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-    check(cfg.max_failures >= 0, "max_failures", "must be >= 0")
-    check(cfg.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+    check(cfg.keep_checkpoints >= 1, at(key, "keep_checkpoints"), "must be >= 1")
+    check(cfg.max_failures >= 0, at(key, "max_failures"), "must be >= 0")
+    check(cfg.cpus_per_worker > 0, at(key, "cpus_per_worker"), "must be > 0")
 
 
 @dataclass
@@ -275,8 +283,8 @@ class TrainRegularizedConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self, key: str) -> None:
-        check(self.alpha >= 0, "alpha", f"must be >= 0, got {self.alpha}")
-        check_training_run(self)
+        check(self.alpha >= 0, at(key, "alpha"), f"must be >= 0, got {self.alpha}")
+        check_training_run(self, key)
 
 
 @dataclass
@@ -349,13 +357,14 @@ class ClipDecoderTrainConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self, key: str) -> None:
-        check(self.alpha >= 0, "alpha", "must be >= 0")
-        check(self.beta >= 0, "beta", "must be >= 0")
-        check(self.alpha + self.beta > 0, "beta", "alpha and beta cannot both be 0")
-        check(self.temperature > 0, "temperature", "must be > 0")
-        check_training_run(self)
+        check(self.alpha >= 0, at(key, "alpha"), "must be >= 0")
+        check(self.beta >= 0, at(key, "beta"), "must be >= 0")
+        check(self.alpha + self.beta > 0, at(key, "beta"), "alpha and beta cannot both be 0")
+        check(self.temperature > 0, at(key, "temperature"), "must be > 0")
+        check_training_run(self, key)
         for i, template in enumerate(self.custom_templates):
-            check("{label}" in template, f"custom_templates[{i}]", "needs a {label} placeholder")
+            where = at(key, f"custom_templates[{i}]")
+            check("{label}" in template, where, "needs a {label} placeholder")
 
 
 def _demo_optim() -> OptimConfig:

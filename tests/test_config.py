@@ -17,6 +17,7 @@ from core.config import (
     parse_overrides,
     to_dict,
 )
+from core.tune.config import TuneJobConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs"
 # Preset file-name prefix → the job's config class (the longest matching prefix wins).
@@ -26,6 +27,7 @@ JOB_CONFIGS = {
     "train_regularized_": TrainRegularizedConfig,
     "predict_": PredictJobConfig,
     "train_clip_decoder_": ClipDecoderTrainConfig,
+    "tune_": TuneJobConfig,
 }
 
 

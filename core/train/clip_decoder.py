@@ -224,7 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg = config_from_dict(ClipDecoderTrainConfig, config["cfg"])
     labels = LabelSplit(tuple(config["seen"]), tuple(config["unseen"]))
-    embeddings = torch.as_tensor(np.asarray(config["label_embeddings"], dtype=np.float32))
+    embeddings = torch.as_tensor(np.array(config["label_embeddings"], dtype=np.float32))
     run_dir: str = config["run_dir"]
     n_train: int = config["num_train"]
     eval_splits: list[str] = config["eval_splits"]

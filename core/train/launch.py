@@ -45,6 +45,33 @@ def _checkpoint_uri(run_dir: str, checkpoint: Any) -> str:
     return checkpoint.path
 
 
+def _trainer_class(callbacks: list[Any]) -> Any:
+    """TorchTrainer, or one without Ray's placement-group cleaner when a callback replaces it.
+
+    A callback with ``replaces_placement_group_cleaner = True`` (a Tune sweep's run tracker)
+    takes over removing the worker group's placement group once the controller dies. Ray's own
+    detached cleaner would otherwise be started per run and, killed with its trial before it is
+    told to stop, keep polling forever (DESIGN section 6).
+    """
+    from ray.train.torch import TorchTrainer
+
+    if not any(getattr(cb, "replaces_placement_group_cleaner", False) for cb in callbacks):
+        return TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    class TorchTrainerWithoutCleaner(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            return [
+                cb
+                for cb in super()._create_default_callbacks()
+                if not isinstance(cb, PlacementGroupCleanerCallback)
+            ]
+
+    return TorchTrainerWithoutCleaner
+
+
 def launch_torch_trainer(
     loop: Callable[[dict[str, Any]], None],
     loop_config: dict[str, Any],
@@ -64,10 +91,10 @@ def launch_torch_trainer(
     """
     import ray.train
     from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
 
     storage_path = absolute_storage(storage_path)
-    trainer = TorchTrainer(
+    callbacks = list(callbacks or [])
+    trainer = _trainer_class(callbacks)(
         loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -84,7 +111,7 @@ def launch_torch_trainer(
                 checkpoint_score_attribute=metric,
                 checkpoint_score_order=mode,
             ),
-            callbacks=list(callbacks or []),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(
