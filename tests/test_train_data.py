@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from core.train.image_data import (
+    RankEpochs,
+    StreamBatches,
     epoch_order,
     rank_eval_rows,
     rank_train_rows,
@@ -50,6 +52,30 @@ def test_batch_not_multiple_of_workers_is_refused() -> None:
 def test_row_seed_depends_on_seed_epoch_row_only() -> None:
     assert row_seed(1, 2, 3) == row_seed(1, 2, 3)
     assert len({row_seed(1, 2, 3), row_seed(1, 2, 4), row_seed(1, 3, 3), row_seed(2, 2, 3)}) == 4
+
+
+@pytest.mark.parametrize(("world", "rank", "start"), [(1, 0, 0), (2, 1, 0), (2, 0, 2)])
+def test_a_stream_is_its_epochs_rows_back_to_back(world: int, rank: int, start: int) -> None:
+    """Position p of a worker's stream from ``start`` is its row p % n of epoch start + p // n:
+    the same rows, epochs and order as one stream per epoch would give."""
+    num_rows, seed, batch, epochs = 37, 5, 8, 4  # 4 steps of 8 per epoch, 5 rows dropped
+    where = RankEpochs(num_rows, seed, batch, rank, world, start)
+    assert where.rows_per_epoch == 4 * batch // world
+    expected_rows = np.concatenate(
+        [rank_train_rows(num_rows, seed, e, batch, rank, world) for e in range(start, epochs)]
+    )
+    expected_epochs = np.repeat(np.arange(start, epochs), where.rows_per_epoch)
+    positions = np.arange(len(expected_rows))
+    # Blocks of any size, across epoch boundaries, locate alike.
+    for cut in (1, 5, len(positions)):
+        parts = [where.locate(positions[i : i + cut]) for i in range(0, len(positions), cut)]
+        rows = np.concatenate([p[0] for p in parts])
+        epochs_of = np.concatenate([p[1] for p in parts])
+        np.testing.assert_array_equal(rows, expected_rows)
+        np.testing.assert_array_equal(epochs_of, expected_epochs)
+    seen = StreamBatches(where, lambda batch: batch)({"id": np.array([0, where.rows_per_epoch])})
+    assert seen["epoch"].tolist() == [start, start + 1]
+    assert seen["row"].tolist() == [expected_rows[0], expected_rows[where.rows_per_epoch]]
 
 
 def test_warmup_then_cosine() -> None:

@@ -47,7 +47,6 @@ from core.train.image_data import (
     eval_dataset_name,
     row_seed,
     steps_per_epoch,
-    train_dataset_name,
 )
 from core.train.launch import absolute_storage, launch_torch_trainer
 from core.train.loop_parts import (
@@ -59,6 +58,7 @@ from core.train.loop_parts import (
     maybe_inject_fault,
     report_epoch,
     restore,
+    train_epochs,
     training_state,
     unwrap,
 )
@@ -149,7 +149,7 @@ def score_images(
     return [model.head(feats, labels.to(dtype)) for labels in label_sets]
 
 
-def _score_split(
+def score_split(
     model: CLIPDecoder,
     batches: Any,
     label_sets: list[torch.Tensor],
@@ -263,17 +263,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "cls_reduction": cfg.cls_reduction,
     }
     fault_step = min(1, max(steps - 1, 0))
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch, batches in train_epochs(rank, start_epoch, cfg.epochs, local_batch, steps):
         epoch_start = time.perf_counter()
         # Dropout draws from a stream fixed by (seed, epoch, rank): a resumed epoch replays it.
         torch.manual_seed(row_seed(cfg.seed, epoch, rank))
         model.train()
         sums = [0.0, 0.0]  # per-step global L_clip and L_cls, summed over the epoch's steps
         done = 0
-        shard = ray.train.get_dataset_shard(train_dataset_name(epoch, rank))
-        for step, batch in enumerate(
-            shard.iter_torch_batches(batch_size=local_batch, drop_last=True)
-        ):
+        for step, batch in enumerate(batches):
             if step == fault_step:
                 maybe_inject_fault(cfg.fail_at_epoch, run_dir, epoch, rank)
             images = batch["image"].to(device, non_blocking=True)
@@ -311,7 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eval_start = time.perf_counter()
         for split in eval_splits:
             batches = ray.train.get_dataset_shard(eval_dataset_name(split, rank))
-            part = _score_split(
+            part = score_split(
                 core_model,
                 batches.iter_torch_batches(batch_size=local_batch),
                 [unseen_emb, all_emb],

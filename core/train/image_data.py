@@ -4,8 +4,13 @@ Every worker count must see the same global batches, or "2 workers = 1 worker" c
 resumed run would replay different data. So the order is planned up front: epoch ``e`` of a run
 with seed ``s`` is the permutation ``rng(s, e)`` of the training rows, cut into global batches of
 ``B`` rows; worker ``r`` of ``W`` takes rows ``[r*B/W, (r+1)*B/W)`` of every global batch. Each
-(rank, epoch) pair is its own lazily executed Ray dataset, so a resumed run starts straight at its
-epoch, and each image's augmentation is seeded by (seed, epoch, row), whichever worker draws it.
+image's augmentation is seeded by (seed, epoch, row), whichever worker draws it.
+
+A worker reads one stream for the whole run: its rows of every epoch from the one it starts at,
+back to back (a resumed run starts straight at its epoch; there is one lazily built stream per
+possible start epoch, and only the one a worker asks for is ever executed). One stream, rather
+than one per epoch, keeps Ray Data decoding the next epoch's first images while the worker
+evaluates, and pays the stream's start-up once per run.
 
 Decoding and the open_clip transforms run in Ray Data tasks, in parallel with training; workers
 receive ready float tensors through ``get_dataset_shard``.
@@ -26,12 +31,13 @@ from PIL import Image
 from core.data.images import ImageLoadError, load_image
 from core.data.manifest import read_manifest
 
-#: Ray Train dataset names: ``train_e{epoch}_r{rank}``, ``val_r{rank}``, ``test_r{rank}``.
+#: Ray Train dataset names: ``train_from_e{epoch}_r{rank}``, ``val_r{rank}``, ``test_r{rank}``.
 EVAL_SPLITS = ("val", "test")
 
 
-def train_dataset_name(epoch: int, rank: int) -> str:
-    return f"train_e{epoch}_r{rank}"
+def train_stream_name(start_epoch: int, rank: int) -> str:
+    """The stream of worker ``rank``'s rows of every epoch from ``start_epoch`` to the last."""
+    return f"train_from_e{start_epoch}_r{rank}"
 
 
 def eval_dataset_name(split: str, rank: int) -> str:
@@ -171,6 +177,53 @@ class TransformImages:
         }
 
 
+@dataclass(frozen=True)
+class RankEpochs:
+    """Where each position of a worker's training stream points: (epoch, row).
+
+    Position ``p`` of the stream starting at ``start_epoch`` is item ``p % n`` of
+    :func:`rank_train_rows` of epoch ``start_epoch + p // n`` (``n`` rows per epoch), so the
+    stream is those epochs' rows back to back. Computed where the stream is decoded, from the
+    seed: nothing per epoch travels through the object store.
+    """
+
+    num_rows: int
+    seed: int
+    global_batch: int
+    rank: int
+    world: int
+    start_epoch: int
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return steps_per_epoch(self.num_rows, self.global_batch) * (self.global_batch // self.world)
+
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, epochs) of stream positions."""
+        n = self.rows_per_epoch
+        epochs = self.start_epoch + positions // n
+        rows = np.empty_like(positions)
+        for epoch in np.unique(epochs).tolist():
+            at = epochs == epoch
+            order = rank_train_rows(
+                self.num_rows, self.seed, epoch, self.global_batch, self.rank, self.world
+            )
+            rows[at] = order[positions[at] % n]
+        return rows, epochs
+
+
+class StreamBatches:
+    """Ray Data batch function: stream positions (``id``) → the model inputs of their rows."""
+
+    def __init__(self, epochs: RankEpochs, inner: Callable[[dict], dict]) -> None:
+        self.epochs = epochs
+        self.inner = inner
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, epochs = self.epochs.locate(batch["id"].astype(np.int64))
+        return self.inner({"row": rows, "epoch": epochs})
+
+
 def _index_dataset(rows: np.ndarray, epoch: int, block_rows: int) -> Any:
     import ray.data
 
@@ -196,38 +249,53 @@ def build_train_datasets(
     num_cpus: float = 1.0,
     batch_class: type[TransformImages] | None = None,
 ) -> dict[str, Callable[[], Any]]:
-    """Every (epoch, rank) training stream plus per-rank val/test streams, built lazily.
+    """Every (start epoch, rank) training stream plus per-rank val/test streams, built lazily.
 
     ``batch_class.for_split(rows, transform, seed)`` makes the Ray Data batch function that
     turns (row, epoch) batches into model inputs (:class:`TransformImages` by default; the
-    multi-label trainer passes its own). Ray Train accepts dataset factories; only the streams a
-    worker iterates are ever executed.
+    multi-label trainer passes its own). Ray Train accepts dataset factories; building one only
+    plans it (a ``range`` of positions), and only the streams a worker iterates are executed.
     """
     batch_class = batch_class or TransformImages
     block_rows = 4 * (global_batch // world)
     datasets: dict[str, Callable[[], Any]] = {}
 
-    def make(split: str, rows: np.ndarray, epoch: int) -> Callable[[], Any]:
-        transform = train_transform if split == "train" else eval_transform
+    def quiet() -> None:
+        import ray.data
 
+        # Dozens of tiny streams: their bars would drown the per-epoch metrics.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+    def train_stream(start_epoch: int, rank: int) -> Callable[[], Any]:
         def factory() -> Any:
             import ray.data
 
-            # Dozens of tiny per-epoch streams: their bars would drown the per-epoch metrics.
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            fn = batch_class.for_split(splits[split], transform, seed)
-            return _index_dataset(rows, epoch, block_rows).map_batches(
+            quiet()
+            where = RankEpochs(len(splits["train"]), seed, global_batch, rank, world, start_epoch)
+            total = (epochs - start_epoch) * where.rows_per_epoch
+            fn = StreamBatches(where, batch_class.for_split(splits["train"], train_transform, seed))
+            blocks = max(1, -(-total // block_rows))
+            return ray.data.range(total, override_num_blocks=blocks).map_batches(
                 fn, batch_format="numpy", batch_size=None, num_cpus=num_cpus
             )
 
         return factory
 
-    for epoch in range(epochs):
+    def eval_stream(split: str, rows: np.ndarray) -> Callable[[], Any]:
+        def factory() -> Any:
+            quiet()
+            fn = batch_class.for_split(splits[split], eval_transform, seed)
+            return _index_dataset(rows, -1, block_rows).map_batches(
+                fn, batch_format="numpy", batch_size=None, num_cpus=num_cpus
+            )
+
+        return factory
+
+    for start_epoch in range(epochs):
         for rank in range(world):
-            rows = rank_train_rows(len(splits["train"]), seed, epoch, global_batch, rank, world)
-            datasets[train_dataset_name(epoch, rank)] = make("train", rows, epoch)
+            datasets[train_stream_name(start_epoch, rank)] = train_stream(start_epoch, rank)
     for split in EVAL_SPLITS:
         for rank in range(world):
             rows = rank_eval_rows(len(splits[split]), rank, world)
-            datasets[eval_dataset_name(split, rank)] = make(split, rows, -1)
+            datasets[eval_dataset_name(split, rank)] = eval_stream(split, rows)
     return datasets

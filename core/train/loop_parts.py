@@ -1,18 +1,20 @@
 """The pieces every Ray Train worker of this project shares, whatever it trains.
 
-Optimizer and schedule, precision, scalar all-reduce, resume from a checkpoint, the per-epoch
-report with its checkpoint and ``metrics.jsonl``, and the test-only fault injection. Kept free
-of model imports so that a worker loads only the model stack it uses.
+The training stream cut into epochs, optimizer and schedule, precision, scalar all-reduce,
+resume from a checkpoint, the per-epoch report with its checkpoint and ``metrics.jsonl``, and the
+test-only fault injection. Kept free of model imports so that a worker loads only the model
+stack it uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 
 from core import storage
 from core.config import OptimConfig
+from core.train.image_data import train_stream_name
 from core.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,22 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 FAULT_MARKER = "_fault_injected"
+
+
+def train_epochs(
+    rank: int, start_epoch: int, epochs: int, local_batch: int, steps: int
+) -> Iterator[tuple[int, Iterator[dict[str, torch.Tensor]]]]:
+    """``(epoch, its batches)`` for every epoch left, all read from the worker's one stream.
+
+    The stream holds exactly ``steps`` batches of ``local_batch`` rows per epoch; each epoch's
+    batches must be used up before the next epoch's are asked for.
+    """
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(train_stream_name(start_epoch, rank))
+    stream = iter(shard.iter_torch_batches(batch_size=local_batch, drop_last=True))
+    for epoch in range(start_epoch, epochs):
+        yield epoch, itertools.islice(stream, steps)
 
 
 def group_size() -> int:

@@ -20,7 +20,7 @@ from core.config import TrainRegularizedConfig, config_from_dict
 from core.losses import regularized_ce_loss
 from core.models.clip_classifier import ClipClassifier, build_classifier, save_classifier
 from core.text.class_means import load_class_means
-from core.train.image_data import eval_dataset_name, steps_per_epoch, train_dataset_name
+from core.train.image_data import eval_dataset_name, steps_per_epoch
 from core.train.loop_parts import (
     all_reduce_sum,
     autocast,
@@ -29,6 +29,7 @@ from core.train.loop_parts import (
     maybe_inject_fault,
     report_epoch,
     restore,
+    train_epochs,
     training_state,
     unwrap,
 )
@@ -98,14 +99,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch, history = restore(core_model, optimizer, scheduler, rank)
 
     local_batch = cfg.batch_size // world
-    for epoch in range(start_epoch, cfg.epochs):
+    steps = steps_per_epoch(n_train, cfg.batch_size)
+    for epoch, batches in train_epochs(rank, start_epoch, cfg.epochs, local_batch, steps):
         epoch_start = time.perf_counter()
         model.train()
         sums = [0.0] * 4  # ce*n, reg*n, correct, n
-        shard = ray.train.get_dataset_shard(train_dataset_name(epoch, rank))
-        for step, batch in enumerate(
-            shard.iter_torch_batches(batch_size=local_batch, drop_last=True)
-        ):
+        for step, batch in enumerate(batches):
             if step == 1:
                 maybe_inject_fault(cfg.fail_at_epoch, run_dir, epoch, rank)
             images = batch["image"].to(device, non_blocking=True)
