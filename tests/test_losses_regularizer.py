@@ -52,7 +52,7 @@ def test_total_loss_terms_and_baseline() -> None:
     x = torch.tensor(x_np, requires_grad=True)
     logits = torch.tensor(logits_np, requires_grad=True)
     base = regularized_ce_loss(logits, x, args[2], args[3], alpha=0.0)
-    assert abs(float(base["loss"]) - ce) < 1e-6
+    assert abs(float(base["loss"].detach()) - ce) < 1e-6
     assert abs(float(base["reg"]) - reg) < 1e-6  # still logged
     base["loss"].backward()
     assert x.grad is None or float(x.grad.abs().sum()) == 0.0

@@ -1,8 +1,9 @@
 """CLIP-Decoder training on Ray Train: outputs, 2 workers = 1 worker, unseen labels out of the loss.
 
-Three fits in all (worker-group start-up dominates on a small machine), shared by the tests:
-one worker, two workers, and one worker on a manifest whose unseen labels are flipped and whose
-worker is killed once mid-epoch 1.
+Two fits in all (worker-group start-up dominates on a small machine), shared by the tests: one
+worker, and two workers on a manifest whose unseen labels are flipped, with one worker killed
+once mid-epoch 1. Whatever tells the second run from the first (worker count, the unseen labels,
+a restart from the epoch-0 checkpoint) must leave the training loss alone.
 """
 
 from __future__ import annotations
@@ -79,15 +80,10 @@ def one_worker(ray_local, demo, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_local, demo, tmp_path_factory):
-    cfg = _config(tmp_path_factory.mktemp("w2"), demo.manifest, "name=w2", "num_workers=2")
-    return train_clip_decoder(cfg)
-
-
-@pytest.fixture(scope="module")
-def flipped_and_killed(ray_local, demo, tmp_path_factory):
-    """Every image's unseen labels flipped (present <-> absent), in the training split too, and
-    the worker killed once in epoch 1 (resumed from the epoch-0 checkpoint)."""
+def two_workers_flipped_killed(ray_local, demo, tmp_path_factory):
+    """Two workers; every image's unseen labels flipped (present <-> absent), in the training
+    split too; the last worker killed once in epoch 1 (the group resumes from the epoch-0
+    checkpoint)."""
     root = tmp_path_factory.mktemp("flipped")
     table = read_manifest(demo.manifest)
     unseen = set(demo.unseen)
@@ -99,7 +95,9 @@ def flipped_and_killed(ray_local, demo, tmp_path_factory):
     table = table.set_column(index, "labels", pa.array(flipped, type=pa.list_(pa.string())))
     manifest = write_manifest(table, str(root / "data" / "manifest.parquet"))
     demo.label_split.save(str(root / "data" / LABEL_SPLIT_FILE))
-    cfg = _config(root, manifest, "name=flipped", "fail_at_epoch=1", "max_failures=1")
+    cfg = _config(
+        root, manifest, "name=flipped", "num_workers=2", "fail_at_epoch=1", "max_failures=1"
+    )
     return train_clip_decoder(cfg)
 
 
@@ -152,30 +150,23 @@ def test_checkpoint_reloads_and_scores_like_the_run(one_worker, demo) -> None:
     assert float(np.mean(aps)) == pytest.approx(one_worker.final_metrics["zsl_map"], abs=1e-6)
 
 
-def test_two_workers_reach_the_one_worker_loss(one_worker, two_workers) -> None:
+def test_two_workers_reach_the_one_worker_loss(one_worker, two_workers_flipped_killed) -> None:
     """Same global batch (8 = 2 x 4), seed and data order. BatchNorm statistics are taken over
     both workers and the loss weights make DDP's average the one-worker gradient, so every
-    epoch's loss matches up to float summation order (measured: ~1e-7 relative; 1e-5 allowed)
-    and evaluation, which scores the same weights, gives identical metrics."""
-    two = two_workers.history
+    epoch's loss matches up to float summation order (measured: ~1e-7 relative; 1e-5 allowed).
+    The unseen labels, flipped in this run, do not enter the loss (flipping them with them in
+    would move it by far more than 1e-5; bit for bit in ``test_clip_decoder_model``); they do
+    enter the ZSL metrics, which change."""
+    two = two_workers_flipped_killed.history
     assert len(two) == EPOCHS
     for a, b in zip(one_worker.history, two, strict=True):
         for key in ("train_loss", "train_clip", "train_cls"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["epoch"], key)
-        assert a["test_zsl_map"] == pytest.approx(b["test_zsl_map"], abs=1e-6)
-        assert a["test_gzsl_map"] == pytest.approx(b["test_gzsl_map"], abs=1e-6)
+    assert [h["test_zsl_map"] for h in two] != [h["test_zsl_map"] for h in one_worker.history]
 
 
-def test_unseen_labels_do_not_enter_the_training_loss(one_worker, flipped_and_killed) -> None:
-    """Flipping every unseen label leaves the training loss of every epoch bit-identical, while
-    the ZSL metrics (which do read the unseen labels) change."""
-    flipped = flipped_and_killed.history
-    assert [h["train_loss"] for h in flipped] == [h["train_loss"] for h in one_worker.history]
-    assert [h["test_zsl_map"] for h in flipped] != [h["test_zsl_map"] for h in one_worker.history]
-
-
-def test_killed_worker_resumes_from_its_checkpoint(flipped_and_killed) -> None:
-    run = flipped_and_killed
+def test_killed_worker_resumes_from_its_checkpoint(two_workers_flipped_killed) -> None:
+    run = two_workers_flipped_killed
     assert (Path(run.run_dir) / FAULT_MARKER).is_file()  # the fault really happened
     assert [h["epoch"] for h in run.history] == list(range(EPOCHS))  # each epoch once
 
