@@ -19,6 +19,7 @@ import yaml
 from ray import tune
 
 from core import storage
+from core.train.plots import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +203,7 @@ def plot_metric_vs_alpha(
 ) -> str:
     """The metric against alpha, one colour per ``colour_key`` value (prompt / template set);
     filled markers for trials that trained every epoch, hollow ones for trials stopped early."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure()
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r["status"] != "TERMINATED" or metric not in r["metrics"]:
@@ -240,12 +236,7 @@ def plot_metric_vs_alpha(
     ax.grid(alpha=0.3)
     if groups:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    storage.write_bytes(dest, buffer.getvalue())
-    return dest
+    return save_figure(fig, dest)
 
 
 def _short_label(text: str, width: int = 32) -> str:
