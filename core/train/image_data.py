@@ -263,7 +263,7 @@ def build_train_datasets(
     def quiet() -> None:
         import ray.data
 
-        # Dozens of tiny streams: their bars would drown the per-epoch metrics.
+        # Two evaluation streams per epoch: their bars would drown the per-epoch metrics.
         ray.data.DataContext.get_current().enable_progress_bars = False
 
     def train_stream(start_epoch: int, rank: int) -> Callable[[], Any]:
