@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from _tolerance import assert_close_rel
 
 from core.models.clip_decoder import (
     CLIPDecoder,
@@ -109,7 +110,8 @@ def test_scoring_subsets_gives_the_same_columns(model):
     with torch.no_grad():
         gzsl = model(images, labels).logits
         zsl = model(images, labels[NUM_SEEN:]).logits
-    torch.testing.assert_close(zsl, gzsl[:, NUM_SEEN:], atol=1e-5, rtol=1e-5)
+    # the same dot products, batched with more labels: float32 rounding only (~1e-7 relative)
+    assert_close_rel(zsl, gzsl[:, NUM_SEEN:], rel=1e-5, what="unseen-label logits")
 
 
 def test_seen_label_loss_checks_shapes(model):

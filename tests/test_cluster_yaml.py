@@ -76,7 +76,7 @@ def test_only_ssh_is_reachable_and_the_dashboard_binds_to_loopback(cluster) -> N
 def test_setup_installs_the_synced_project(cluster) -> None:
     mounts = cluster["file_mounts"]
     assert mounts["~/lmm-clip"] == "."
-    assert "pip install -e ~/lmm-clip" in cluster["setup_commands"]
+    assert "pip install -c ~/lmm-clip/requirements.lock -e ~/lmm-clip" in cluster["setup_commands"]
     assert "outputs" in cluster["rsync_exclude"]
     assert "ray start --head" in _start_commands(cluster)
 

@@ -14,6 +14,7 @@ from core.captioning.hf_vlm import HFVLMCaptionModel, to_pil
 from core.captioning.hf_vlm_tiny import IMAGE_TOKEN, NUM_IMAGE_TOKENS, write_tiny_llava
 from core.captioning.tiny_tokenizer import build_tiny_tokenizer
 from core.config import HFVLMConfig
+from core.models.seeded_init import seeded_init_
 
 GREEDY = GenerationSettings(max_new_tokens=8, num_beams=1)
 
@@ -135,7 +136,7 @@ def test_text_only_model_is_rejected_by_name(tmp_path: Path) -> None:
         num_hidden_layers=1,
         num_attention_heads=2,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    seeded_init_(LlamaForCausalLM(config), seed=0).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     with pytest.raises(ValueError, match="text-only-llama") as info:
         HFVLMCaptionModel(HFVLMConfig(model_path=str(folder)), GREEDY, device="cpu")

@@ -12,11 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _tolerance import assert_close_rel, rel_error
 from torch import nn
 
 from core.models.ml_decoder import MLDecoder
 
 D, FEATS, HEADS, FF = 16, 12, 4, 24
+# Both sides run the same float32 layers through different code (MultiheadAttention, a per-group
+# loop): they agree to rounding, measured up to 5e-7 relative to the largest logit. 1e-4 leaves
+# 200x for other torch builds and is still 100x below a 1% error.
+REL = 1e-4
 
 
 class RefLayer(nn.Module):
@@ -113,10 +118,10 @@ def test_normal_mode_matches_reference(num_classes, groups):
         expected = ref(x)
         got = ours(x)
     assert got.shape == (3, num_classes)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_close_rel(got, expected, rel=REL, what="logits")
     tokens = torch.randn(2, 5, FEATS)  # token input [B, N, C] as well
     with torch.no_grad():
-        torch.testing.assert_close(ours(tokens), ref(tokens), atol=1e-5, rtol=1e-5)
+        assert_close_rel(ours(tokens), ref(tokens), rel=REL, what="logits from tokens")
 
 
 def test_default_groups_and_frozen_queries():
@@ -142,11 +147,12 @@ def test_zero_shot_matches_reference_and_scores_any_label_set():
         got = ours(x, seen)
         got_other = ours(x, other)
         both = ours(x, torch.cat([seen, other]))
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_close_rel(got, expected, rel=REL, what="zero-shot logits")
     assert got_other.shape == (3, 4)
-    assert not torch.allclose(got[:, :4], got_other)
+    # other labels, other logits: measured 0.15 relative, far above rounding (1e-7)
+    assert rel_error(got[:, :4], got_other) > 1e-2
     # no self-attention: a label's logit does not depend on the other labels scored with it
-    torch.testing.assert_close(both, torch.cat([got, got_other], dim=1), atol=1e-5, rtol=1e-5)
+    assert_close_rel(both, torch.cat([got, got_other], dim=1), rel=REL, what="joint scoring")
 
 
 def test_official_key_names_and_no_self_attention():

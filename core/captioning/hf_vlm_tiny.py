@@ -2,7 +2,9 @@
 
 The real backend loads checkpoints from a folder through ``AutoProcessor`` and
 ``AutoModelForImageTextToText``; writing a tiny model the same way lets the tests and the demo
-exercise exactly that loading path offline, in well under a second.
+exercise exactly that loading path offline, in well under a second. The weights come from
+:func:`core.models.seeded_init.seeded_init_`, not from transformers' init defaults, which change
+between releases.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from transformers import (
 )
 
 from core.captioning.tiny_tokenizer import build_tiny_tokenizer
+from core.models.seeded_init import seeded_init_
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 32
@@ -85,9 +88,9 @@ def write_tiny_llava(folder: Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
+    # transformers' own init draws from the global RNG before seeded_init_ overwrites it.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = seeded_init_(LlavaForConditionalGeneration(config), seed)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

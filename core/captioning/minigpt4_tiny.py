@@ -4,7 +4,9 @@ Real MiniGPT-4 comes as three separate things: a transformers BLIP-2 folder (vis
 Q-Former, query tokens), the official ``.pth`` checkpoint holding ``llama_proj`` under ``"model"``,
 and a transformers LLM folder (Vicuna or LLaMA-2-chat). Writing tiny random versions of exactly
 those layouts lets tests and the tiny demo preset go through the real loading code offline, in
-well under a second.
+well under a second. Every weight comes from :func:`core.models.seeded_init.seeded_init_`, not
+from transformers' init defaults, which change between releases (transformers 5 started BLIP-2's
+vision tower at std 1e-10, so every image gave the same image tokens).
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from transformers import (
 )
 
 from core.captioning.tiny_tokenizer import build_tiny_tokenizer
+from core.models.seeded_init import seeded_init_
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
 VISION_HIDDEN = 24
 QFORMER_HIDDEN = 32
 LLM_HIDDEN = 48
-NUM_QUERY_TOKENS = 4
+#: Real MiniGPT-4 has 32. With 16, the image block weighs enough against the ~60 tokens of the
+#: official prompt for a random LLM's greedy answer to depend on the image.
+NUM_QUERY_TOKENS = 16
 
 #: File names the official repo uses for its released checkpoints, per template.
 CHECKPOINT_NAMES = {
@@ -39,7 +44,7 @@ CHECKPOINT_NAMES = {
 }
 
 
-def _write_blip2(folder: Path) -> None:
+def _write_blip2(folder: Path, seed: int) -> None:
     """A tiny BLIP-2 (with a tiny OPT language model) saved by ``save_pretrained``.
 
     The language model is only there because that is what BLIP-2 folders contain; MiniGPT-4 never
@@ -77,14 +82,11 @@ def _write_blip2(folder: Path) -> None:
         text_config=text.to_dict(),
         num_query_tokens=NUM_QUERY_TOKENS,
     )
-    model = Blip2ForConditionalGeneration(config)
-    # The query tokens start at zero in transformers; random ones make the image path non-trivial.
-    with torch.no_grad():
-        model.query_tokens.normal_(0.0, 0.5)
+    model = seeded_init_(Blip2ForConditionalGeneration(config), seed)
     model.save_pretrained(folder)
 
 
-def _write_llm(folder: Path) -> int:
+def _write_llm(folder: Path, seed: int) -> int:
     """A tiny LLaMA (the Vicuna / LLaMA-2-chat architecture) plus the offline tokenizer."""
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
@@ -100,7 +102,7 @@ def _write_llm(folder: Path) -> int:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
+    model = seeded_init_(LlamaForCausalLM(config), seed)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -127,17 +129,13 @@ def write_tiny_minigpt4(folder: Path, seed: int = 0, template: str = "vicuna") -
         "checkpoint": folder / CHECKPOINT_NAMES[template],
         "llm_path": folder / f"llm-{template}",
     }
+    # The libraries' own init still draws from the global RNG before seeded_init_ overwrites it.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        _write_blip2(paths["blip2_path"])
-        llm_hidden = _write_llm(paths["llm_path"])
-        proj = torch.nn.Linear(QFORMER_HIDDEN, llm_hidden)
-        # The official training checkpoint: trainable weights under "model", plus bookkeeping.
-        torch.save(
-            {
-                "model": {"llama_proj.weight": proj.weight.data, "llama_proj.bias": proj.bias.data},
-                "epoch": 4,
-            },
-            paths["checkpoint"],
+        _write_blip2(paths["blip2_path"], seed)
+        llm_hidden = _write_llm(paths["llm_path"], seed)
+        proj = seeded_init_(
+            torch.nn.ModuleDict({"llama_proj": torch.nn.Linear(QFORMER_HIDDEN, llm_hidden)}), seed
         )
+    # The official training checkpoint: trainable weights under "model", plus bookkeeping.
+    torch.save({"model": dict(proj.state_dict()), "epoch": 4}, paths["checkpoint"])
     return paths

@@ -16,6 +16,7 @@ from torch import nn
 from core import storage
 from core.config import ClipConfig
 from core.models.open_clip_models import ClipBundle, build_clip
+from core.models.seeded_init import seeded_init_
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -35,11 +36,14 @@ class ClipClassifier(nn.Module):
 
 
 def build_classifier(clip: ClipConfig, num_classes: int) -> tuple[ClipClassifier, ClipBundle]:
-    """The CLIP image tower (text tower dropped) with a fresh linear head."""
+    """The CLIP image tower (text tower dropped) with a fresh linear head.
+
+    The head's weights come from the project's seeded initialisation (not torch's default for
+    ``nn.Linear``), so the same seed gives the same head whatever torch version is installed.
+    """
     bundle = build_clip(clip.model_name, clip.pretrained, clip.seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(clip.seed)
-        model = ClipClassifier(bundle.model.visual, bundle.embed_dim, num_classes)
+    model = ClipClassifier(bundle.model.visual, bundle.embed_dim, num_classes)
+    seeded_init_(model.head, clip.seed)
     bundle.model = None  # the text tower is not needed for classification
     return model, bundle
 

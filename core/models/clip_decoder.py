@@ -15,7 +15,8 @@ on which other labels are scored with it.
 
 Backbones are timm models (default ``tresnet_m``, features before pooling via
 ``forward_features``); ``"tresnet-tiny"`` is timm's TResNet class itself with one block per stage
-and width factor 0.125 (256 output channels, random weights) for tests.
+and width factor 0.125 (256 output channels) for tests, whose random weights (and the head's) come
+from :func:`core.models.seeded_init.seeded_init_`, independent of timm's and torch's init.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 
 from core.losses import clip_decoder_loss
 from core.models.ml_decoder import MLDecoder
+from core.models.seeded_init import seeded_init_
 
 # Shrunken TResNet (same architecture: space-to-depth stem, anti-aliased BasicBlock/Bottleneck
 # stages with SE, plain BatchNorm) plus head sizes to match; a forward on 64x64 takes milliseconds.
@@ -39,6 +41,8 @@ TINY_BACKBONES: dict[str, dict[str, Any]] = {
     "tresnet-tiny": {"timm_name": "tresnet_m", "layers": [1, 1, 1, 1], "width_factor": 0.125},
 }
 TINY_HEAD = {"decoder_embedding": 32, "num_heads": 2, "dim_feedforward": 64, "align_dim": 32}
+#: ML-Decoder applies ``duplicate_pooling`` [..., D, F] as ``h @ W``: its input size is dim -2.
+_FAN_IN_DIMS = {"duplicate_pooling": -2}
 HEAD_DEFAULTS = {
     "decoder_embedding": 768,
     "num_heads": 8,
@@ -147,7 +151,9 @@ def build_clip_decoder(
     """Build a CLIP-Decoder; ``text_dim`` is the CLIP text embedding size (ClipBundle.embed_dim).
 
     Head sizes left as None take the paper-scale defaults (768 / 8 heads / 2048 / 512), or small
-    ones for a tiny backbone preset. New weights are seeded, so the same call gives the same model.
+    ones for a tiny backbone preset. New weights are seeded, so the same call gives the same model;
+    with a tiny backbone preset they follow :func:`seeded_init_` (the backbone too, unless it was
+    loaded from ``pretrained``), so they do not change with timm's or torch's init defaults.
     """
     defaults = TINY_HEAD if backbone in TINY_BACKBONES else HEAD_DEFAULTS
     given = {
@@ -160,7 +166,11 @@ def build_clip_decoder(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = build_backbone(backbone, pretrained)
-        return CLIPDecoder(net, text_dim, dropout=dropout, **sizes)
+        model = CLIPDecoder(net, text_dim, dropout=dropout, **sizes)
+    if backbone in TINY_BACKBONES:
+        exclude = ("backbone.",) if pretrained else ()
+        seeded_init_(model, seed, fan_in_dims=_FAN_IN_DIMS, exclude=exclude)
+    return model
 
 
 def seen_label_loss(

@@ -3,7 +3,8 @@
 Real checkpoints load through open_clip's own factory (``pretrained`` is an open_clip tag such as
 ``openai`` or a path to a local ``.pt``/``.bin``/``.safetensors`` file). The tiny presets are
 open_clip model configs of the same architecture with width 32, registered under their own names,
-so tests and the demo run every code path without weights or network.
+so tests and the demo run every code path without weights or network; their random weights come
+from :func:`core.models.seeded_init.seeded_init_`, so they do not change with open_clip's own init.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
+
+from core.models.seeded_init import seeded_init_
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     # A ViT of the same family as ViT-B/32 and ViT-L/14, shrunk to width 32 and 2 layers.
@@ -37,20 +41,27 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         },
     },
 }
-_registered = False
+#: open_clip applies these matrices as ``x @ W``: their input size is dimension 0.
+_FAN_IN_DIMS = {"proj": 0, "text_projection": 0}
 
 
 def register_tiny_configs() -> None:
-    """Add the tiny configs to open_clip's registry (idempotent, per process)."""
-    global _registered
-    if _registered:
+    """Add the tiny configs to open_clip's registry (idempotent, per process).
+
+    open_clip's public registration reads JSON files from a path; it keeps what it read in memory
+    (rescans skip paths that no longer exist), so the files live in a temporary folder that is
+    removed as soon as they are read: one process, Ray worker or not, leaves nothing behind.
+    """
+    missing = {n: c for n, c in TINY_CONFIGS.items() if n not in open_clip.list_models()}
+    if not missing:
         return
-    folder = tempfile.mkdtemp(prefix="open-clip-tiny-")
-    for name, cfg in TINY_CONFIGS.items():
-        with open(os.path.join(folder, f"{name}.json"), "w") as f:
-            json.dump(cfg, f)
-    open_clip.add_model_config(folder)
-    _registered = True
+    with tempfile.TemporaryDirectory(prefix="open-clip-tiny-") as folder:
+        for name, cfg in missing.items():
+            Path(folder, f"{name}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(folder)
+    unregistered = sorted(set(missing) - set(open_clip.list_models()))
+    if unregistered:
+        raise RuntimeError(f"open_clip did not register the tiny configs {unregistered}")
 
 
 def is_tiny(model_name: str) -> bool:
@@ -74,6 +85,7 @@ def build_clip(model_name: str, pretrained: str = "", seed: int = 0) -> ClipBund
 
     ``pretrained`` is an open_clip tag (downloaded through open_clip's cache) or a local
     checkpoint path; "" means random initialisation (only sensible for tiny models and tests).
+    A tiny model without ``pretrained`` is initialised by :func:`seeded_init_` with ``seed``.
     """
     register_tiny_configs()
     if model_name not in open_clip.list_models():
@@ -93,6 +105,8 @@ def build_clip(model_name: str, pretrained: str = "", seed: int = 0) -> ClipBund
         model, train_tf, eval_tf = open_clip.create_model_and_transforms(
             model_name, pretrained=pretrained or None
         )
+    if is_tiny(model_name) and not pretrained:
+        seeded_init_(model, seed, fan_in_dims=_FAN_IN_DIMS)
     tokenizer = open_clip.get_tokenizer(model_name)
     visual = model.visual
     size = getattr(visual, "image_size", 224)
