@@ -30,14 +30,14 @@ import torch
 from core.config import ClipDecoderTrainConfig, load_config
 from core.data.multilabel_demo import generate_multilabel_demo
 from core.models.clip_decoder import seen_label_loss
-from core.train.clip_decoder import (
+from core.train.image_data import rank_train_rows, steps_per_epoch
+from core.train.methods.clip_decoder import (
     DEMO_UNSEEN,
     build_model,
     compute_label_embeddings,
     score_split,
     zsl_gzsl_metrics,
 )
-from core.train.image_data import rank_train_rows, steps_per_epoch
 from core.train.multilabel_data import (
     TransformMultiLabelImages,
     backbone_data_config,
@@ -67,9 +67,9 @@ def plain_loop(
     train_tf, eval_tf = build_multilabel_transforms(
         backbone_data_config(cfg.model.backbone), cfg.model.image_size
     )
-    decode = TransformMultiLabelImages(splits["train"], train_tf, cfg.seed)
-    eval_decode = {s: TransformMultiLabelImages(splits[s], eval_tf, cfg.seed) for s in evals}
-    torch.manual_seed(cfg.seed)
+    decode = TransformMultiLabelImages(splits["train"], train_tf, cfg.run.seed)
+    eval_decode = {s: TransformMultiLabelImages(splits[s], eval_tf, cfg.run.seed) for s in evals}
+    torch.manual_seed(cfg.run.seed)
     model = build_model(cfg, int(embeddings.shape[1]))
     backbone = {id(p) for p in model.backbone.parameters()}
     optimizer = torch.optim.AdamW(
@@ -83,18 +83,18 @@ def plain_loop(
         weight_decay=cfg.optim.weight_decay,
     )
     n = len(splits["train"])
-    steps = steps_per_epoch(n, cfg.batch_size)
+    steps = steps_per_epoch(n, cfg.run.batch_size)
     scheduler = build_scheduler(
-        optimizer, round(cfg.optim.warmup_epochs * steps), cfg.epochs * steps, 0.0
+        optimizer, round(cfg.optim.warmup_epochs * steps), cfg.run.epochs * steps, 0.0
     )
     seen_idx = labels.seen_idx
     train_seconds, epoch_seconds = [], []
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.run.epochs):
         start = time.perf_counter()
         model.train()
-        rows = rank_train_rows(n, cfg.seed, epoch, cfg.batch_size, 0, 1)
+        rows = rank_train_rows(n, cfg.run.seed, epoch, cfg.run.batch_size, 0, 1)
         for step in range(steps):
-            chunk = rows[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            chunk = rows[step * cfg.run.batch_size : (step + 1) * cfg.run.batch_size]
             batch = decode({"row": chunk, "epoch": np.full(len(chunk), epoch)})
             images = torch.from_numpy(batch["image"])
             targets = torch.from_numpy(batch["targets"])
@@ -118,7 +118,7 @@ def plain_loop(
             scheduler.step()
         train_seconds.append(time.perf_counter() - start)
         for split in evals:
-            batches = _eval_batches(eval_decode[split], len(splits[split]), cfg.batch_size)
+            batches = _eval_batches(eval_decode[split], len(splits[split]), cfg.run.batch_size)
             part = score_split(model, batches, label_sets, torch.device("cpu"), False)
             zsl_gzsl_metrics(part["scores0"], part["scores1"], part["targets"], labels.unseen_idx)
         epoch_seconds.append(time.perf_counter() - start)
@@ -139,7 +139,7 @@ def main() -> None:
 
     import ray
 
-    from core.train.clip_decoder import train_clip_decoder
+    from core.train.methods.clip_decoder import train_clip_decoder
 
     work = tempfile.mkdtemp(prefix="clip-decoder-bench-")
     demo = generate_multilabel_demo(f"{work}/data", num_images=args.images, unseen=DEMO_UNSEEN)
@@ -150,11 +150,12 @@ def main() -> None:
             f"storage={work}",
             f"manifest={demo.manifest}",
             "name=bench",
-            f"epochs={args.epochs}",
-            f"batch_size={args.batch_size}",
+            f"run.epochs={args.epochs}",
+            f"run.batch_size={args.batch_size}",
             f"model.image_size={args.image_size}",
-            f"cpus_per_worker={args.threads}",  # Ray sets OMP_NUM_THREADS from the worker's CPUs
-            "amp=false",
+            # Ray sets OMP_NUM_THREADS from the worker's CPUs.
+            f"run.cpus_per_worker={args.threads}",
+            "run.amp=false",
         ],
     )
     ray.init(num_cpus=args.threads + 2, include_dashboard=False, log_to_driver=False)

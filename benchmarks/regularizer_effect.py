@@ -24,7 +24,7 @@ from core.config import TrainRegularizedConfig, load_config
 from core.data.images import load_image
 from core.models.clip_classifier import load_classifier
 from core.train.image_data import load_splits
-from core.train.trainer import train_regularized
+from core.train.methods.regularized import train_regularized
 from ray_jobs.caption import caption
 from ray_jobs.class_descriptions import class_descriptions
 
@@ -75,9 +75,9 @@ def main() -> None:
             [
                 f"storage={work}",
                 f"name=seed{seed}",
-                f"seed={seed}",
+                f"run.seed={seed}",
                 f"clip.seed={seed}",
-                f"epochs={args.epochs}",
+                f"run.epochs={args.epochs}",
                 f"alpha={args.alpha}",
             ],
         )

@@ -31,7 +31,7 @@ from core.models.clip_classifier import build_classifier
 from core.models.open_clip_models import build_transforms
 from core.text.class_means import ClassMeans, save_class_means
 from core.train.image_data import TransformImages, load_splits, rank_train_rows
-from core.train.trainer import train_regularized
+from core.train.methods.regularized import train_regularized
 
 
 def _evaluate(model: torch.nn.Module, transform: TransformImages, batch: int) -> float:
@@ -132,8 +132,8 @@ def main() -> None:
             f"storage={work}",
             f"manifest={manifest}",
             f"class_means={means_path}",
-            f"epochs={args.epochs}",
-            f"batch_size={args.batch_size}",
+            f"run.epochs={args.epochs}",
+            f"run.batch_size={args.batch_size}",
             "alpha=1.0",
             "name=bench",
         ],

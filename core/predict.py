@@ -25,7 +25,8 @@ from core import storage
 from core.config import PredictJobConfig
 from core.data.images import ImageLoadError, load_image
 from core.data.manifest import read_manifest
-from core.models.clip_classifier import load_classifier
+from core.models.clip_classifier import META_FILE
+from core.train.registry import get_method
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class Predictor:
 
     def __init__(self, checkpoint: str, top_k: int = 5, device: str | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.meta, self.transform = load_classifier(checkpoint, self.device)
+        self.model, self.meta, self.transform = load_classifier_checkpoint(checkpoint)
+        self.model.to(self.device)
         self.classes: list[str] = self.meta["classes"]
         self.top_k = min(top_k, len(self.classes))
 
@@ -114,6 +116,17 @@ def accuracy_report(table: pa.Table) -> dict[str, Any]:
             for c, n in sorted(per_class_total.items())
         },
     }
+
+
+def load_classifier_checkpoint(checkpoint: str) -> tuple[Any, dict[str, Any], Any]:
+    """(model, meta, eval transform) of a classifier checkpoint, loaded by the method that
+    wrote it (``meta.json`` names it; checkpoints without the name are the regularized
+    method's)."""
+    meta_path = storage.join(checkpoint, META_FILE)
+    if not storage.exists(meta_path):
+        raise FileNotFoundError(f"{checkpoint}: not a classifier checkpoint (no {META_FILE})")
+    name = storage.read_json(meta_path).get("method", "regularized")
+    return get_method(name).load_checkpoint(checkpoint)
 
 
 def resolve_checkpoint(path: str) -> str:

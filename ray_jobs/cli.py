@@ -55,9 +55,11 @@ def init_ray(cfg: RayConfig, cpus_needed: float = 1.0) -> None:
 
 def run_main(main: Callable[[], Any]) -> None:
     """Run a job's main with clear one-line errors for bad input instead of a traceback wall."""
+    from core.ray_internals import UnsupportedRayVersion
+
     setup_logging()
     try:
         main()
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, UnsupportedRayVersion) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -26,6 +26,7 @@ from core.config import (
     DemoJobConfig,
     PredictJobConfig,
     TrainRegularizedConfig,
+    TrainRunConfig,
 )
 from core.train.launch import absolute_storage
 from ray_jobs.caption import caption
@@ -76,10 +77,12 @@ def run_demo(cfg: DemoJobConfig) -> dict[str, Any]:
             compare_baseline=True,
             clip=cfg.clip,
             optim=cfg.optim,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            seed=cfg.seed,
+            run=TrainRunConfig(
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+                seed=cfg.seed,
+            ),
             ray=cfg.ray,
         )
     )
@@ -96,7 +99,7 @@ def run_demo(cfg: DemoJobConfig) -> dict[str, Any]:
         rows.append(
             {
                 "model": run.name,
-                "alpha": run.alpha,
+                "alpha": run.info["alpha"],
                 "final_test_acc": run.final.get("test_acc", float("nan")),
                 "best_val_epoch": _best_val_epoch(run.history),
                 "predict_test_acc": predicted.accuracy,
@@ -127,7 +130,11 @@ def _run_clip_decoder(cfg: DemoJobConfig) -> dict[str, Any]:
     decoder_cfg = load_config(
         ClipDecoderTrainConfig,
         str(preset),
-        [f"storage={cfg.storage}", f"epochs={cfg.clip_decoder_epochs}", f"seed={cfg.seed}"],
+        [
+            f"storage={cfg.storage}",
+            f"run.epochs={cfg.clip_decoder_epochs}",
+            f"run.seed={cfg.seed}",
+        ],
     )
     decoder_cfg.clip = cfg.clip
     decoder_cfg.ray = cfg.ray

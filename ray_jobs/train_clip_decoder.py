@@ -12,16 +12,17 @@ import json
 import math
 
 from core.config import ClipDecoderTrainConfig
-from core.train.clip_decoder import ClipDecoderRun, train_clip_decoder
+from core.train.engine import RunResult
+from core.train.methods.clip_decoder import train_clip_decoder
 from ray_jobs.cli import init_ray, parse_job_config, run_main
 
 COLUMNS = (("mAP", "map"), ("P@3", "p3"), ("R@3", "r3"), ("F1@3", "f1_3"))
 COLUMNS += (("P@5", "p5"), ("R@5", "r5"), ("F1@5", "f1_5"))
 
 
-def train(cfg: ClipDecoderTrainConfig) -> ClipDecoderRun:
+def train(cfg: ClipDecoderTrainConfig) -> RunResult:
     # Workers plus one CPU for the Ray Data tasks that decode and transform images.
-    init_ray(cfg.ray, cpus_needed=cfg.num_workers * cfg.cpus_per_worker + 1)
+    init_ray(cfg.ray, cpus_needed=cfg.run.num_workers * cfg.run.cpus_per_worker + 1)
     return train_clip_decoder(cfg)
 
 
@@ -41,13 +42,13 @@ def format_table(final: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> ClipDecoderRun:
+def main(argv: list[str] | None = None) -> RunResult:
     cfg = parse_job_config(ClipDecoderTrainConfig, "CLIP-Decoder zero-shot training.", argv)
     run = train(cfg)
     final = run.final_metrics
     print(
-        f"{run.name}: {run.num_seen} seen / {run.num_unseen} unseen labels, "
-        f"test split after epoch {final.get('epoch')} of {cfg.epochs} (x100)"
+        f"{run.name}: {run.info['num_seen']} seen / {run.info['num_unseen']} unseen labels, "
+        f"test split after epoch {final.get('epoch')} of {cfg.run.epochs} (x100)"
     )
     print(format_table(final))
     print(f"  metrics: {run.run_dir}/metrics.jsonl")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 
 from core.config import TrainRegularizedConfig
-from core.train.trainer import TrainSummary, train_regularized
+from core.train.methods.regularized import TrainSummary, train_regularized
 from ray_jobs.cli import init_ray, parse_job_config, run_main
 
 
 def train(cfg: TrainRegularizedConfig) -> TrainSummary:
     # Workers plus one CPU for the Ray Data tasks that decode and transform images.
-    init_ray(cfg.ray, cpus_needed=cfg.num_workers * cfg.cpus_per_worker + 1)
+    init_ray(cfg.ray, cpus_needed=cfg.run.num_workers * cfg.run.cpus_per_worker + 1)
     return train_regularized(cfg)
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> TrainSummary:
     for run in summary.runs:
         final = run.final
         print(
-            f"{run.name}: alpha={run.alpha:g} epochs={len(run.history)} "
+            f"{run.name}: alpha={run.info['alpha']:g} epochs={len(run.history)} "
             f"test_acc={final.get('test_acc', float('nan')):.4f} "
             f"val_acc={final.get('val_acc', float('nan')):.4f}"
         )

@@ -17,9 +17,9 @@ from ray_jobs.cli import init_ray, parse_job_config, run_main
 
 
 def sweep(cfg: TuneJobConfig) -> SweepSummary:
-    section = cfg.training()
+    run = cfg.training_config().run
     # Each running trial: its workers, plus one CPU for its Ray Data tasks; plus the driver.
-    per_trial = section.num_workers * section.cpus_per_worker + 1
+    per_trial = run.num_workers * run.cpus_per_worker + 1
     init_ray(cfg.ray, cpus_needed=cfg.max_concurrent_trials * per_trial + 1)
     return run_sweep(cfg)
 

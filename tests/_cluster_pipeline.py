@@ -120,8 +120,9 @@ def main(root: str, result_path: str) -> None:
             train_regularized.main,
             [
                 "--config", f"{CONFIGS}/train_regularized_demo.yaml", *common,
-                "name=cluster", "compare_baseline=false", f"epochs={EPOCHS}", "batch_size=8",
-                "num_workers=2", f"cpus_per_worker={TRAIN_CPUS_PER_WORKER}", "max_failures=0",
+                "name=cluster", "compare_baseline=false",
+                f"run.epochs={EPOCHS}", "run.batch_size=8", "run.num_workers=2",
+                f"run.cpus_per_worker={TRAIN_CPUS_PER_WORKER}", "run.max_failures=0",
             ],
         )  # fmt: skip
         result = {

@@ -15,7 +15,7 @@ from core.config import TrainRegularizedConfig, load_config
 from core.data.manifest import read_manifest
 from core.text.class_means import ClassMeans, save_class_means
 from core.train.loop_parts import FAULT_MARKER
-from core.train.trainer import train_regularized
+from core.train.methods.regularized import train_regularized
 
 pytestmark = pytest.mark.ray
 
@@ -41,8 +41,8 @@ def _config(storage: Path, manifest: str, means: str, *overrides: str) -> TrainR
             f"storage={storage}",
             f"manifest={manifest}",
             f"class_means={means}",
-            f"epochs={EPOCHS}",
-            "batch_size=8",
+            f"run.epochs={EPOCHS}",
+            "run.batch_size=8",
             "alpha=0.5",
             "optim.encoder_lr=0.001",
             "optim.head_lr=0.01",
@@ -95,9 +95,9 @@ def two_workers_killed(ray_local, demo_dataset, means_file, tmp_path_factory):
         demo_dataset,
         means_file,
         "name=w2",
-        "num_workers=2",
-        "fail_at_epoch=1",
-        "max_failures=1",
+        "run.num_workers=2",
+        "run.fail_at_epoch=1",
+        "run.max_failures=1",
     )
     return train_regularized(cfg).runs[0]
 

@@ -26,7 +26,13 @@ import pytest
 import torch
 import yaml
 
-from core.config import ClipDecoderTrainConfig, ConfigError, TrainRegularizedConfig, load_config
+from core.config import (
+    ClipDecoderTrainConfig,
+    ConfigError,
+    TrainRegularizedConfig,
+    TrainRunConfig,
+    load_config,
+)
 from core.data.manifest import read_manifest
 from core.text.class_means import ClassMeans, save_class_means
 from core.tune.config import TuneJobConfig
@@ -104,13 +110,12 @@ def _regularized_sweep(storage: Path, manifest: str, means: str) -> TuneJobConfi
             "target=regularized",
             f"storage={storage}",
             "name=sweep",
-            f"regularized.manifest={manifest}",
-            f"regularized.class_means={means}",
-            f"regularized.epochs={EPOCHS}",
-            "regularized.batch_size=8",
-            "regularized.optim.encoder_lr=0.0",
-            "regularized.optim.warmup_epochs=0.5",
-            # YAML, not JSON: PyYAML reads JSON's 1e-05 as a string.
+            f"training.manifest={manifest}",
+            f"training.class_means={means}",
+            f"training.run.epochs={EPOCHS}",
+            "training.run.batch_size=8",
+            "training.optim.encoder_lr=0.0",
+            "training.optim.warmup_epochs=0.5",
             "space=" + yaml.safe_dump(space, default_flow_style=True, width=1000).strip(),
             "num_samples=1",
             "max_concurrent_trials=2",
@@ -307,8 +312,10 @@ def test_stopped_and_interrupted_trials_leave_nothing_on_the_cluster(interrupted
 @pytest.mark.ray
 def test_best_preset_reproduces_the_best_trial(interrupted_sweep) -> None:
     """The preset, given as is to the training job with the same seed, trains to the best
-    trial's final loss (CPU training is deterministic here: tolerance 1e-6 relative) and the
-    same validation accuracy."""
+    trial's final loss and the same validation accuracy. CPU training is deterministic here, so
+    the losses should match exactly; 1e-5 relative (not 1e-6, 8 float32 epsilons) tolerates the
+    float32 rounding of a different reduction order, while another preset (learning rate,
+    prompt, alpha) moves the loss by far more."""
     from ray_jobs import train_regularized
 
     summary = interrupted_sweep.resumed
@@ -317,13 +324,13 @@ def test_best_preset_reproduces_the_best_trial(interrupted_sweep) -> None:
     assert best["metrics"]["train_ce"] == min(r["metrics"]["train_ce"] for r in complete)
     preset = load_config(TrainRegularizedConfig, summary.best_preset)
     assert preset.optim.head_lr == best["config"]["optim.head_lr"]
-    assert preset.prompt == best["config"]["prompt"] and preset.epochs == EPOCHS
+    assert preset.prompt == best["config"]["prompt"] and preset.run.epochs == EPOCHS
     run = train_regularized.main(["--config", summary.best_preset]).runs[0]
     assert run.run_dir.endswith("/runs/sweep_best")
     assert [h["epoch"] for h in run.history] == list(range(EPOCHS))
     final = run.history[-1]
-    assert final["train_ce"] == pytest.approx(best["metrics"]["train_ce"], rel=1e-6)
-    assert final["train_loss"] == pytest.approx(best["metrics"]["train_loss"], rel=1e-6)
+    assert final["train_ce"] == pytest.approx(best["metrics"]["train_ce"], rel=1e-5)
+    assert final["train_loss"] == pytest.approx(best["metrics"]["train_loss"], rel=1e-5)
     assert final["val_acc"] == best["metrics"]["val_acc"]
 
 
@@ -343,21 +350,22 @@ def test_best_preset_reproduces_the_best_trial(interrupted_sweep) -> None:
         ("space.alpha=0.5", "space.alpha: got 0.5, expected a mapping"),
         ("space.alpha={uniform: [0, 1], grid: [0.1]}", "space.alpha: one spec per setting, got"),
         ("space.optim.headlr={uniform: [0.1, 0.2]}", "space.optim.headlr: not a setting of optim"),
-        ("space.batch_size={uniform: [4, 8]}", "space.batch_size: value 4.0: got 4.0, expected an"),
+        ("space.run.batch_size={uniform: [4, 8]}", "space.run.batch_size: value 4.0: got 4.0"),
         ("space.optim={choice: [1]}", "space.optim: a section; search one of its settings"),
-        ("space.epochs={grid: [1, 2]}", "space.epochs: fixed for the whole sweep"),
-        ("space.seed.x={grid: [1]}", "space.seed.x: seed has no sub-settings"),
+        ("space.run.epochs={grid: [1, 2]}", "space.run.epochs: fixed for the whole sweep"),
+        ("space.run.seed.x={grid: [1]}", "space.run.seed.x: run.seed has no sub-settings"),
         ("metric=val_acc", "mode: metric and mode go together"),
-        ("scheduler.grace_period=10", "scheduler.grace_period: must be < regularized.epochs"),
-        ("regularized.storage=/elsewhere", "regularized.storage: set the storage root at the top"),
-        ("regularized.compare_baseline=true", "regularized.compare_baseline: must be false"),
+        ("scheduler.grace_period=10", "scheduler.grace_period: must be < training.run.epochs"),
+        ("training.storage=/elsewhere", "training.storage: set the storage root at the top"),
+        ("training.compare_baseline=true", "training.compare_baseline: must be false"),
         ("searcher=grid", "space.alpha: searcher grid needs grid or choice values"),
-        ("regularized.alpha=-1", "regularized.alpha: must be >= 0, got -1"),
-        ("regularized.batch_size=0", "regularized.batch_size: must be a positive multiple"),
+        ("training.alpha=-1", "training.alpha: must be >= 0, got -1"),
+        ("target=nope", "target: got 'nope', registered methods: clip_decoder, linear_probe"),
+        ("training.run.batch_size=0", "training.run.batch_size: must be a positive multiple"),
     ],
 )
 def test_bad_sweep_settings_name_the_key(override: str, message: str) -> None:
-    base = ["space.alpha={loguniform: [0.001, 1.0]}", "regularized.epochs=10"]
+    base = ["space.alpha={loguniform: [0.001, 1.0]}", "training.run.epochs=10"]
     with pytest.raises(ConfigError) as info:
         load_config(TuneJobConfig, None, [*base, override])
     assert str(info.value).startswith(message), str(info.value)
@@ -479,8 +487,8 @@ def test_default_metric_and_prompt_check(demo_dataset, per_prompt_means, tmp_pat
         None,
         [
             f"storage={tmp_path}",
-            f"regularized.manifest={demo_dataset}",
-            f"regularized.class_means={per_prompt_means}",
+            f"training.manifest={demo_dataset}",
+            f"training.class_means={per_prompt_means}",
             f"space.prompt={json.dumps({'choice': list(PROMPTS)})}",
         ],
     )
@@ -527,7 +535,7 @@ def test_clip_decoder_sweep_plan_trial_config_and_outputs(tmp_path) -> None:
     cfg = load_config(
         TuneJobConfig,
         CONFIG_DIR / "tune_clip_decoder_demo.yaml",
-        [f"storage={tmp_path}", "name=cd", f"clip_decoder.manifest={demo.manifest}"],
+        [f"storage={tmp_path}", "name=cd", f"training.manifest={demo.manifest}"],
     )
     sweep_dir = str(tmp_path / "tune" / "cd")
     plan = plan_sweep(cfg, sweep_dir)
@@ -535,7 +543,7 @@ def test_clip_decoder_sweep_plan_trial_config_and_outputs(tmp_path) -> None:
     assert plan.spec.training["labels"] == demo.labels_json
     trial = trial_config(plan.spec, {"templates": "scene", "beta": 2.5}, "abc_00001")
     assert isinstance(trial, ClipDecoderTrainConfig)
-    assert (trial.templates, trial.beta, trial.epochs) == ("scene", 2.5, 4)
+    assert (trial.templates, trial.beta, trial.run.epochs) == ("scene", 2.5, 4)
     assert str(Path(trial.storage, "runs", trial.name)) == run_dir(sweep_dir, "abc_00001")
     for trial_id, value, templates in (("abc_00000", 0.4, "photo"), ("abc_00001", 0.6, "scene")):
         record = _record(trial_id, 1.0, alpha=1.5, templates=templates)
@@ -566,7 +574,7 @@ def test_asha_rungs_fall_before_the_last_epoch(epochs: int, grace: int, factor: 
         TuneJobConfig,
         None,
         [
-            f"regularized.epochs={epochs}",
+            f"training.run.epochs={epochs}",
             f"scheduler.grace_period={grace}",
             f"scheduler.reduction_factor={factor}",
             "space.alpha={loguniform: [0.001, 1.0]}",
@@ -591,7 +599,7 @@ def test_rerun_trials_report_what_they_finished_without_training(tmp_path, monke
     from ray import tune
 
     from core.config import to_dict
-    from core.train import trainer
+    from core.train import engine
     from core.tune import trial
     from core.tune.results import record_path
     from core.tune.trial import TrialSpec, run_dir, run_trial
@@ -601,9 +609,10 @@ def test_rerun_trials_report_what_they_finished_without_training(tmp_path, monke
     fitted: list[str] = []
     monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: trial_id))
     monkeypatch.setattr(tune, "report", reported.append)
-    monkeypatch.setattr(trainer, "fit_one", lambda cfg, root, name, *a, **k: fitted.append(name))
+    monkeypatch.setattr(engine, "fit", lambda method, cfg, root, name, **k: fitted.append(name))
     monkeypatch.setattr(trial, "EpochReportCallback", lambda: None)  # needs a Tune session
-    spec = TrialSpec("regularized", to_dict(TrainRegularizedConfig(epochs=2)), str(tmp_path))
+    training = to_dict(TrainRegularizedConfig(run=TrainRunConfig(epochs=2)))
+    spec = TrialSpec("regularized", training, str(tmp_path))
 
     run = Path(run_dir(spec.sweep_dir, trial_id))
     run.mkdir(parents=True)

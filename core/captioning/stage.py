@@ -128,24 +128,25 @@ class CaptionSummary:
 def caption_actor_nodes() -> list[str]:
     """Node ids of this job's alive captioning actors (one entry per actor).
 
-    Read from the GCS actor table, which needs no dashboard (the state API does); the table is
-    Ray's internal view, so any failure reads as "unknown" rather than failing the job.
+    Read through :func:`core.ray_internals.actor_rows`: the GCS actor table on a tested Ray (no
+    dashboard needed), Ray's state API otherwise. It is progress only, so any failure reads as
+    "unknown" rather than failing the job.
     """
     try:
         import ray
-        from ray._private import state
+
+        from core.ray_internals import actor_rows
 
         job_id = ray.get_runtime_context().get_job_id()
-        table = state.actors()
+        alive = actor_rows("ALIVE")
     except Exception:  # progress is best-effort
         return []
     return [
-        info.get("Address", {}).get("NodeID", "")
-        for info in table.values()
-        if info.get("State") == "ALIVE"
-        and info.get("JobID") == job_id
-        and "MapWorker" in info.get("ActorClassName", "")
-        and "Captioner" in info.get("ActorClassName", "")
+        actor.node_id
+        for actor in alive
+        if actor.job_id == job_id
+        and "MapWorker" in actor.class_name
+        and "Captioner" in actor.class_name
     ]
 
 

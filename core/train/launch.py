@@ -50,26 +50,18 @@ def _trainer_class(callbacks: list[Any]) -> Any:
 
     A callback with ``replaces_placement_group_cleaner = True`` (a Tune sweep's run tracker)
     takes over removing the worker group's placement group once the controller dies. Ray's own
-    detached cleaner would otherwise be started per run and, killed with its trial before it is
-    told to stop, keep polling forever (DESIGN section 6).
+    detached cleaner would otherwise be started per run: on Ray 2.60 it watches the controller
+    through the state API (so it needs the dashboard), and one whose trial is killed before it is
+    told to stop keeps polling forever (measured in :mod:`core.tune.cleanup`). Dropping it needs
+    Ray internals: on an untested Ray version this stops with one clear line.
     """
     from ray.train.torch import TorchTrainer
 
     if not any(getattr(cb, "replaces_placement_group_cleaner", False) for cb in callbacks):
         return TorchTrainer
-    from ray.train.v2._internal.callbacks.placement_group_callback import (
-        PlacementGroupCleanerCallback,
-    )
+    from core import ray_internals
 
-    class TorchTrainerWithoutCleaner(TorchTrainer):
-        def _create_default_callbacks(self) -> list[Any]:
-            return [
-                cb
-                for cb in super()._create_default_callbacks()
-                if not isinstance(cb, PlacementGroupCleanerCallback)
-            ]
-
-    return TorchTrainerWithoutCleaner
+    return ray_internals.torch_trainer_without_placement_group_cleaner()
 
 
 def launch_torch_trainer(

@@ -1,7 +1,8 @@
 """Release what a trial's Ray Train run leaves on the cluster when Tune ends the trial.
 
-What leaks, measured on Ray 2.60 (local cluster, ``include_dashboard=False`` as the jobs and the
-tests start it; 6 trials of 4 epochs, ASHA, 2 at a time, 4 logical CPUs):
+What leaks, measured on Ray 2.60 (local cluster started with ``include_dashboard=False``, as the
+tests start it; the jobs start the dashboard by default, ``RayConfig.dashboard``, but can run
+without it; 6 trials of 4 epochs, ASHA, 2 at a time, 4 logical CPUs):
 
 - Tune ends a trial by terminating its actor. The trial actor owns the Train controller, which
   owns the workers, so those die with it; but the worker group's placement group was created by
@@ -24,7 +25,10 @@ The fix, in two halves that share the GCS key-value store:
   for the last controllers to die.
 
 Placement groups are found by their creator (the controller's actor id) in the GCS tables, so a
-worker group still pending, or restarted after a worker failure, is found too.
+worker group still pending, or restarted after a worker failure, is found too. Every Ray internal
+this needs (GCS tables, the GCS key-value store, Train's controller callback) comes from
+:mod:`core.ray_internals`, which refuses an untested Ray version with one clear line: importing
+this module on one stops a sweep before it starts.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.train.v2._internal.execution.callback import ControllerCallback
-from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+from core import ray_internals
+from core.ray_internals import actor_state
 
 log = logging.getLogger(__name__)
 
@@ -47,42 +52,8 @@ _SEP = "::"
 
 
 # --------------------------------------------------------------------------------------------
-# GCS tables (no dashboard needed)
+# Cluster state
 # --------------------------------------------------------------------------------------------
-
-
-def _accessor() -> Any:
-    return ray._private.state.state._connect_and_get_accessor()
-
-
-def _actor_table(state: str | None = None) -> list[Any]:
-    from ray.core.generated import gcs_pb2
-
-    raw = _accessor().get_actor_table(None, state)
-    return [gcs_pb2.ActorTableData.FromString(item) for item in raw]
-
-
-def actor_state(actor_id: str) -> str:
-    """``ALIVE``, ``DEAD``, ... of one actor; "" when the GCS no longer knows it."""
-    from ray.core.generated import gcs_pb2
-
-    info = _accessor().get_actor_info(ray.ActorID.from_hex(actor_id))
-    if info is None:
-        return ""
-    data = gcs_pb2.ActorTableData.FromString(info)
-    return gcs_pb2.ActorTableData.ActorState.Name(data.state)
-
-
-def _live_placement_groups() -> list[Any]:
-    """Every placement group not yet removed, with its creator's ids."""
-    from ray.core.generated import gcs_pb2
-
-    removed = gcs_pb2.PlacementGroupTableData.REMOVED
-    groups = [
-        gcs_pb2.PlacementGroupTableData.FromString(item)
-        for item in _accessor().get_placement_group_table()
-    ]
-    return [g for g in groups if g.state != removed]
 
 
 @dataclass
@@ -96,11 +67,11 @@ class ClusterSnapshot:
 def cluster_snapshot() -> ClusterSnapshot:
     """What is alive on the cluster now (compare two snapshots to see what a sweep left)."""
     actors = {
-        a.actor_id.hex(): a.class_name
-        for state in ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "ALIVE", "RESTARTING")
-        for a in _actor_table(state)
+        a.actor_id: a.class_name
+        for state in ray_internals.LIVE_ACTOR_STATES
+        for a in ray_internals.actor_rows(state)
     }
-    return ClusterSnapshot(actors, {g.placement_group_id.hex() for g in _live_placement_groups()})
+    return ClusterSnapshot(actors, ray_internals.live_placement_group_ids())
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,7 +83,7 @@ def _kv_prefix(sweep_key: str, trial_id: str = "") -> str:
     return f"{sweep_key}{_SEP}{trial_id}{_SEP}" if trial_id else f"{sweep_key}{_SEP}"
 
 
-class TrainRunTracker(ControllerCallback):
+class TrainRunTracker(ray_internals.controller_callback_base()):
     """Train callback (runs in the controller): records the controller under its trial.
 
     ``replaces_placement_group_cleaner`` makes ``core.train.launch`` start the run without Ray's
@@ -130,12 +101,10 @@ class TrainRunTracker(ControllerCallback):
     def after_controller_start(self, train_run_context: Any) -> None:
         # Runs before the worker group (and its placement group) is created, so every group
         # the controller makes is findable by the record. Best effort: never fail the run.
-        from ray.experimental.internal_kv import _internal_kv_put
-
         controller = ray.get_runtime_context().get_actor_id()
         key = _kv_prefix(self.sweep_key, self.trial_id) + controller
         try:
-            _internal_kv_put(key, train_run_context.run_config.name, namespace=KV_NAMESPACE)
+            ray_internals.kv_put(key, train_run_context.run_config.name, KV_NAMESPACE)
         except Exception:
             log.warning("trial %s: could not record its Train controller", self.trial_id)
 
@@ -159,12 +128,10 @@ def release_trial_runs(sweep_key: str, trial_ids: Iterable[str] | None = None) -
     ``trial_ids``: only these trials (default: every trial of the sweep). A run whose controller
     is still alive is left for a later pass.
     """
-    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_list
-
     keys: list[str] = []
     prefixes = [_kv_prefix(sweep_key, t) for t in trial_ids] if trial_ids is not None else None
     for prefix in prefixes if prefixes is not None else [_kv_prefix(sweep_key)]:
-        keys += [k.decode() for k in _internal_kv_list(prefix, namespace=KV_NAMESPACE)]
+        keys += ray_internals.kv_keys(prefix, KV_NAMESPACE)
     out = Released()
     dead: dict[str, str] = {}
     for key in keys:
@@ -175,18 +142,15 @@ def release_trial_runs(sweep_key: str, trial_ids: Iterable[str] | None = None) -
             out.waiting.append(f"{trial_id}/{controller}")
     if not dead:
         return out
-    for group in _live_placement_groups():
-        if group.creator_actor_id.hex() in dead:
-            try:
-                remove_placement_group(
-                    PlacementGroup(ray.PlacementGroupID(group.placement_group_id))
-                )
-            except Exception as exc:  # removed meanwhile, e.g. by Train's own shutdown
-                log.debug("placement group %s: %s", group.placement_group_id.hex(), exc)
-                continue
-            out.placement_groups.append(group.placement_group_id.hex())
+    for group in ray_internals.placement_groups_created_by(dead):
+        try:
+            ray_internals.remove_placement_group(group)
+        except Exception as exc:  # removed meanwhile, e.g. by Train's own shutdown
+            log.debug("placement group %s: %s", group, exc)
+            continue
+        out.placement_groups.append(group)
     for key in dead.values():
-        _internal_kv_del(key, namespace=KV_NAMESPACE)
+        ray_internals.kv_del(key, KV_NAMESPACE)
     if out.placement_groups:
         _add_released(sweep_key, len(out.placement_groups))
         log.info(
@@ -201,26 +165,20 @@ def _released_key(sweep_key: str) -> str:
 
 
 def _add_released(sweep_key: str, count: int) -> None:
-    from ray.experimental.internal_kv import _internal_kv_put
-
     total = released_count(sweep_key) + count
-    _internal_kv_put(_released_key(sweep_key), str(total), namespace=KV_NAMESPACE)
+    ray_internals.kv_put(_released_key(sweep_key), str(total), KV_NAMESPACE)
 
 
 def released_count(sweep_key: str) -> int:
     """Placement groups the sweep has removed since :func:`take_released_count` last ran."""
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    value = _internal_kv_get(_released_key(sweep_key), namespace=KV_NAMESPACE)
+    value = ray_internals.kv_get(_released_key(sweep_key), KV_NAMESPACE)
     return int(value) if value else 0
 
 
 def take_released_count(sweep_key: str) -> int:
     """:func:`released_count`, and reset it (so the sweep leaves nothing in the GCS store)."""
-    from ray.experimental.internal_kv import _internal_kv_del
-
     count = released_count(sweep_key)
-    _internal_kv_del(_released_key(sweep_key), namespace=KV_NAMESPACE)
+    ray_internals.kv_del(_released_key(sweep_key), KV_NAMESPACE)
     return count
 
 

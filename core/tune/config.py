@@ -1,9 +1,9 @@
 """``python -m ray_jobs.tune``: the sweep's configuration.
 
-A sweep file names its ``target`` method, holds that method's training config as a section
-(``regularized:`` or ``clip_decoder:``, the same keys as the training job's YAML), and a
-``space`` of dotted keys of that section. Every trial trains the section with the trial's values
-filled in, so the best trial's configuration is a training preset as it stands.
+A sweep file names its ``target`` method (any name in :mod:`core.train.registry`), holds that
+method's training config as its ``training`` section (the same keys as the training job's YAML),
+and a ``space`` of dotted keys of that section. Every trial trains the section with the trial's
+values filled in, so the best trial's configuration is a training preset as it stands.
 """
 
 from __future__ import annotations
@@ -12,20 +12,9 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.config import (
-    ClipDecoderTrainConfig,
-    RayConfig,
-    TrainRegularizedConfig,
-    check,
-    to_dict,
-)
+from core.config import RayConfig, check, config_from_dict, to_dict
+from core.train.registry import METHODS, get_method
 from core.tune.space import check_searcher, check_space, parse_space
-
-#: Target name → its training config class.
-TARGETS: dict[str, type] = {
-    "regularized": TrainRegularizedConfig,
-    "clip_decoder": ClipDecoderTrainConfig,
-}
 
 
 @dataclass
@@ -45,11 +34,10 @@ class SchedulerConfig:
 class TuneJobConfig:
     """A Ray Tune sweep over one training method (see the module docstring)."""
 
-    target: Literal["regularized", "clip_decoder"] = "regularized"
+    target: str = "regularized"  # a registered training method
     storage: str = "outputs"  # storage root; the sweep lives in <storage>/tune/<name>
     name: str = "sweep"
-    regularized: TrainRegularizedConfig = field(default_factory=TrainRegularizedConfig)
-    clip_decoder: ClipDecoderTrainConfig = field(default_factory=ClipDecoderTrainConfig)
+    training: dict[str, Any] = field(default_factory=dict)  # the target's training config
     space: dict[str, dict[str, Any]] = field(default_factory=dict)  # dotted key → spec
     searcher: Literal["random", "grid", "optuna"] = "random"
     num_samples: int = 1  # random / optuna: trials; grid: repeats of the whole grid
@@ -65,11 +53,17 @@ class TuneJobConfig:
     verbose: int = 1  # Tune's progress output: 0 none, 1 status tables, 2 every result
     ray: RayConfig = field(default_factory=RayConfig)
 
-    def training(self) -> Any:
-        """The target's training section (every trial starts from it)."""
-        return getattr(self, self.target)
+    def training_config(self) -> Any:
+        """The target's training section as its config class (every trial starts from it)."""
+        cls = get_method(self.target).config_class
+        return config_from_dict(cls, self.training, key="training")
 
     def validate(self, key: str) -> None:
+        check(
+            self.target in METHODS,
+            "target",
+            f"got {self.target!r}, registered methods: {', '.join(sorted(METHODS))}",
+        )
         check(
             bool(self.name) and "/" not in self.name and self.name.strip() == self.name,
             "name",
@@ -89,26 +83,26 @@ class TuneJobConfig:
             "metric and mode go together (e.g. metric: val_acc, mode: max); "
             "leave both out for the training run's checkpoint metric",
         )
-        section = self.training()
+        section = self.training_config()
         default_storage = type(section)().storage
         check(
             section.storage in (default_storage, self.storage),
-            f"{self.target}.storage",
+            "training.storage",
             "set the storage root at the top level (storage=...), not in the training section",
         )
         check(
             not getattr(section, "compare_baseline", False),
-            f"{self.target}.compare_baseline",
+            "training.compare_baseline",
             "must be false: each trial trains one model (put alpha 0 in the space instead)",
         )
         check(
-            self.scheduler.kind != "asha" or self.scheduler.grace_period < section.epochs,
+            self.scheduler.kind != "asha" or self.scheduler.grace_period < section.run.epochs,
             "scheduler.grace_period",
-            f"must be < {self.target}.epochs ({section.epochs}): ASHA can only stop a trial "
+            f"must be < training.run.epochs ({section.run.epochs}): ASHA can only stop a trial "
             "before its last epoch",
         )
         specs = parse_space(self.space)
-        check_space(specs, TARGETS[self.target], to_dict(section), self.target)
+        check_space(specs, type(section), to_dict(section))
         check_searcher(specs, self.searcher)
         if self.searcher == "optuna":
             check(

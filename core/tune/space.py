@@ -30,10 +30,10 @@ FIXED_KEYS = frozenset(
     {
         "storage",
         "name",
-        "epochs",
-        "num_workers",
-        "use_gpu",
-        "cpus_per_worker",
+        "run.epochs",
+        "run.num_workers",
+        "run.use_gpu",
+        "run.cpus_per_worker",
         "compare_baseline",
         "manifest",
         "class_means",
@@ -131,19 +131,19 @@ def _field_names(cls: type) -> list[str]:
     return sorted(f.name for f in dataclasses.fields(cls) if f.init)
 
 
-def check_key(key: str, cls: type, target: str) -> None:
+def check_key(key: str, cls: type) -> None:
     """``key`` must name a leaf setting of ``cls`` that a trial may vary."""
     where = f"space.{key}"
     parts = key.split(".")
-    if parts[0] in FIXED_KEYS:
+    if any(".".join(parts[:n]) in FIXED_KEYS for n in range(1, len(parts) + 1)):
         raise ConfigError(
-            f"{where}: fixed for the whole sweep (set it in the {target} section instead)"
+            f"{where}: fixed for the whole sweep (set it in the training section instead)"
         )
     node = cls
     for depth, part in enumerate(parts):
         hints = typing.get_type_hints(node)
         if part not in hints or part not in _field_names(node):
-            section = ".".join(parts[:depth]) or f"the {target} config"
+            section = ".".join(parts[:depth]) or "the training config"
             raise ConfigError(
                 f"{where}: not a setting of {section}; allowed: {', '.join(_field_names(node))}"
             )
@@ -185,10 +185,10 @@ def _extra_checks(key: str, value: Any) -> None:
             raise ConfigError(str(exc)) from None
 
 
-def check_space(specs: list[ParamSpec], cls: type, base: dict[str, Any], target: str) -> None:
+def check_space(specs: list[ParamSpec], cls: type, base: dict[str, Any]) -> None:
     """Every value every spec can take must give a valid ``cls`` config from ``base``."""
     for spec in specs:
-        check_key(spec.key, cls, target)
+        check_key(spec.key, cls)
         for value in spec.candidates:
             try:
                 apply_overrides(cls, base, {spec.key: value})

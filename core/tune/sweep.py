@@ -19,6 +19,7 @@ import yaml
 from core import storage
 from core.config import ConfigError, to_dict
 from core.train.launch import absolute_storage
+from core.train.registry import get_method
 from core.tune.config import TuneJobConfig
 from core.tune.results import (
     BEST_PRESET,
@@ -39,8 +40,6 @@ SWEEP_FILE = "sweep.yaml"
 TUNER_STATE = "tuner.pkl"
 #: Settings that define which trials a sweep runs; a resumed sweep must keep them.
 IDENTITY_KEYS = ("target", "space", "searcher", "num_samples", "seed", "scheduler", "metric")
-JOBS = {"regularized": "train_regularized", "clip_decoder": "train_clip_decoder"}
-COLOUR_KEYS = {"regularized": "prompt", "clip_decoder": "templates"}
 
 
 @dataclass
@@ -86,54 +85,27 @@ def _absolute(path: str) -> str:
     return absolute_storage(path) if path else path
 
 
-def _values_of(specs: list[ParamSpec], key: str, default: Any) -> list[Any]:
-    for spec in specs:
-        if spec.key == key:
-            return list(spec.values)
-    return [default]
-
-
 def plan_sweep(cfg: TuneJobConfig, sweep_dir: str) -> SweepPlan:
     """Resolve the training inputs once (absolute paths, demo data generated if needed), check
-    what the config alone could not (prompts in the class-means file), pick the metric."""
-    section = dataclasses.replace(cfg.training(), storage=cfg.storage)
+    what the config alone could not (e.g. prompts in the class-means file), pick the metric."""
+    method = get_method(cfg.target)
+    section = dataclasses.replace(cfg.training_config(), storage=cfg.storage)
     specs = parse_space(cfg.space)
-    resolved: dict[str, Any] = {}
-    if cfg.target == "regularized":
-        from core.train.image_data import load_splits
-        from core.train.regularized import load_means_for
-        from core.train.trainer import resolve_inputs
-
-        manifest, means = resolve_inputs(section)  # FileNotFoundError names a missing input
-        resolved = {"manifest": _absolute(manifest), "class_means": _absolute(means)}
-        classes, splits = load_splits(resolved["manifest"])
-        where = "space.prompt" if any(s.key == "prompt" for s in specs) else "regularized.prompt"
-        for prompt in _values_of(specs, "prompt", section.prompt):
-            try:
-                load_means_for(
-                    dataclasses.replace(section, prompt=prompt), resolved["class_means"], classes
-                )
-            except ValueError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-        metric, mode = ("val_acc" if len(splits["val"]) else "train_acc"), "max"
-    else:
-        from core.train.clip_decoder import checkpoint_metric, resolve_clip_decoder_inputs
-        from core.train.multilabel_data import load_multilabel_splits
-
-        manifest, labels = resolve_clip_decoder_inputs(section)
-        resolved = {"manifest": _absolute(manifest), "labels": _absolute(labels)}
-        label_split, splits = load_multilabel_splits(resolved["manifest"], resolved["labels"])
-        metric, mode = checkpoint_metric(splits, label_split)
+    # FileNotFoundError names a missing input.
+    resolved = {k: _absolute(v) for k, v in method.resolve_inputs(section).items()}
+    section = dataclasses.replace(section, **resolved)
+    method.check_sweep(section, {s.key: list(s.candidates) for s in specs})
+    metric, mode = method.checkpoint_metric(section)
     if cfg.metric:
         metric, mode = cfg.metric, cfg.mode
-    trial_section = to_dict(dataclasses.replace(section, storage=sweep_dir, **resolved))
-    preset = to_dict(dataclasses.replace(section, name=f"{cfg.name}_best", **resolved))
+    trial_section = to_dict(dataclasses.replace(section, storage=sweep_dir))
+    preset = to_dict(dataclasses.replace(section, name=f"{cfg.name}_best"))
     return SweepPlan(
         spec=TrialSpec(cfg.target, trial_section, sweep_dir),
         specs=specs,
         metric=metric,
         mode=mode,
-        epochs=section.epochs,
+        epochs=section.run.epochs,
         expected_trials=count_trials(specs, cfg.searcher, cfg.num_samples),
         preset=preset,
     )
@@ -143,7 +115,7 @@ def _identity(cfg: TuneJobConfig) -> dict[str, Any]:
     values = to_dict(cfg)
     out = {key: values[key] for key in IDENTITY_KEYS}
     out["space"] = {s.key: {s.kind: list(s.values)} for s in parse_space(cfg.space)}
-    out[cfg.target] = values[cfg.target]
+    out["training"] = to_dict(cfg.training_config())
     out["mode"] = values["mode"]
     return out
 
@@ -315,7 +287,8 @@ def write_outputs(
     summary.table_parquet, summary.table_csv = write_table(
         results_table(summary.records, keys, plan.metric), sweep_dir
     )
-    colour = COLOUR_KEYS[cfg.target] if COLOUR_KEYS[cfg.target] in keys else ""
+    method = get_method(cfg.target)
+    colour = method.colour_key if method.colour_key in keys else ""
     summary.plot = plot_metric_vs_alpha(
         summary.records,
         plan.metric,
@@ -326,12 +299,12 @@ def write_outputs(
     )
     summary.best = best_record(summary.records, plan.metric, plan.mode)
     if summary.best is not None and not summary.interrupted:
-        training = apply_overrides(type(cfg.training()), plan.preset, dict(summary.best["config"]))
+        training = apply_overrides(method.config_class, plan.preset, dict(summary.best["config"]))
         summary.best_preset = write_best_preset(
             to_dict(training),
             summary.best,
             storage.join(sweep_dir, BEST_PRESET),
-            job=JOBS[cfg.target],
+            job=method.job,
             sweep_name=cfg.name,
             metric=plan.metric,
         )

@@ -1,8 +1,8 @@
 """One trial: the target's own training entry point with the trial's settings filled in.
 
-The trial is a Tune function trainable that builds and fits one TorchTrainer through
-``core.train.trainer.fit_one`` (regularized) or ``core.train.clip_decoder.train_clip_decoder``
-(CLIP-Decoder), with Tune's report callback in the Train ``RunConfig``. So a trial is exactly a
+The trial is a Tune function trainable that builds and fits one TorchTrainer through the training
+engine (:func:`core.train.engine.fit`) with the target method, and Tune's report callback in the
+Train ``RunConfig``. So a trial is exactly a
 training run of its configuration; its Train run lives in ``<sweep>/runs/<trial_id>``, and
 running the trial again (a resumed sweep) continues that run from its last checkpoint. A trial
 Tune runs again although it had finished (the driver died between the trial's end and Tune's next
@@ -17,7 +17,7 @@ from typing import Any
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from core import storage
-from core.tune.config import TARGETS
+from core.train.registry import get_method
 from core.tune.results import read_record
 from core.tune.space import apply_overrides
 
@@ -35,7 +35,8 @@ class TrialSpec:
 
 def trial_config(spec: TrialSpec, settings: dict[str, Any], trial_id: str) -> Any:
     """The trial's training config: the section with the trial's dotted settings applied."""
-    return apply_overrides(TARGETS[spec.target], spec.training, {**settings, "name": trial_id})
+    cls = get_method(spec.target).config_class
+    return apply_overrides(cls, spec.training, {**settings, "name": trial_id})
 
 
 def run_dir(sweep_dir: str, trial_id: str) -> str:
@@ -57,7 +58,7 @@ class EpochReportCallback(TuneReportCallback):
 
 def _finished_epoch(sweep_dir: str, trial_id: str, epochs: int) -> dict[str, Any] | None:
     """The last epoch's metrics if the trial's Train run has trained every epoch, else None."""
-    from core.train.trainer import read_history
+    from core.train.engine import read_history
 
     history = read_history(run_dir(sweep_dir, trial_id))
     if len(history) < epochs:
@@ -78,19 +79,13 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         tune.report(dict(record["metrics"]))
         return
     cfg = trial_config(spec, config, trial_id)
-    last = _finished_epoch(spec.sweep_dir, trial_id, cfg.epochs)
+    last = _finished_epoch(spec.sweep_dir, trial_id, cfg.run.epochs)
     if last is not None:
         # Its Train run trained every epoch, but the sweep was interrupted before Tune heard of
         # the last one: fitting again would report nothing.
         tune.report(last)
         return
     callbacks = [EpochReportCallback(), TrainRunTracker(spec.sweep_dir, trial_id)]
-    if spec.target == "regularized":
-        from core.train.trainer import fit_one
+    from core.train.engine import fit
 
-        root = storage.join(spec.sweep_dir, RUNS_DIR)
-        fit_one(cfg, root, trial_id, cfg.manifest, cfg.class_means, callbacks=callbacks)
-    else:
-        from core.train.clip_decoder import train_clip_decoder
-
-        train_clip_decoder(cfg, callbacks=callbacks)
+    fit(spec.target, cfg, storage.join(spec.sweep_dir, RUNS_DIR), trial_id, callbacks=callbacks)

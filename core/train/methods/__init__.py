@@ -1,0 +1,1 @@
+"""The training methods, one module each; :mod:`core.train.registry` finds them by name."""

@@ -1,0 +1,269 @@
+"""LMM-regularized CLIP (Tzelepi & Mezaris): ``J = CE + alpha * ||x - C[label]||^2``.
+
+The model is a CLIP image encoder with one linear head; ``x`` is the encoder's output (the head's
+input) and ``C`` the mean semantic class descriptions (``class_means.safetensors`` from the
+class-descriptions job). alpha = 0 is the baseline. :func:`train_regularized` is the job: one run,
+or with ``compare_baseline`` the alpha = 0 run beside it with the same seed and data order, the
+test-accuracy plot and ``comparison.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core import storage
+from core.config import ConfigError, TrainRegularizedConfig
+from core.train.engine import RunResult, fit
+from core.train.launch import absolute_storage
+from core.train.method import Method, MethodWorker, RunPlan, StepResult, WorkerContext
+
+
+def load_means_for(cfg: TrainRegularizedConfig, path: str, classes: list[str]) -> torch.Tensor:
+    """The class means in the manifest's class order; mismatches are errors naming both sides."""
+    from core.text.class_means import load_class_means
+
+    means = load_class_means(path, cfg.prompt)
+    if list(means.classes) != list(classes):
+        missing = sorted(set(classes) - set(means.classes))
+        extra = sorted(set(means.classes) - set(classes))
+        raise ValueError(
+            f"{path}: class means do not match the manifest's classes "
+            f"(missing {missing[:5]}, extra {extra[:5]}); rebuild them from this manifest"
+        )
+    return means.means.float()
+
+
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Correct top-1 predictions as a float64 0-d tensor (stays on the device)."""
+    return (logits.argmax(dim=1) == labels).sum().to(torch.float64)
+
+
+def classify_split(
+    model: torch.nn.Module, split: str, batches: Any, ctx: WorkerContext
+) -> dict[str, float]:
+    """``<split>_acc`` over the whole worker group (NaN for an empty split)."""
+    from core.train.loop_parts import autocast
+
+    correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    count = 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            images = batch["image"].to(ctx.device, non_blocking=True)
+            labels = batch["label"].to(ctx.device)
+            with autocast(ctx.device, ctx.amp):
+                logits, _ = model(images)
+            correct += count_correct(logits, labels)
+            count += int(labels.numel())
+    total_correct, total = ctx.all_reduce_sum([float(correct), float(count)])
+    return {f"{split}_acc": total_correct / total if total else float("nan")}
+
+
+class RegularizedWorker(MethodWorker):
+    """The classifier, the class means on the device, and the regularized step."""
+
+    def __init__(self, cfg: TrainRegularizedConfig, payload: dict[str, Any], ctx: WorkerContext):
+        from core.models.clip_classifier import build_classifier
+
+        self.cfg, self.ctx = cfg, ctx
+        self.classes: list[str] = payload["classes"]
+        self.means = load_means_for(cfg, payload["class_means"], self.classes).to(ctx.device)
+        self.model, bundle = build_classifier(cfg.clip, len(self.classes))
+        if self.means.shape[1] != bundle.embed_dim:
+            raise ValueError(
+                f"class means have dimension {self.means.shape[1]} but {cfg.clip.model_name} "
+                f"embeds images in {bundle.embed_dim}; build the means with the same CLIP model"
+            )
+
+    def param_groups(self, model: torch.nn.Module) -> tuple[Any, Any]:
+        return model.encoder.parameters(), model.head.parameters()
+
+    def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepResult:
+        from core.losses import regularized_ce_loss
+
+        images = batch["image"].to(self.ctx.device, non_blocking=True)
+        labels = batch["label"].to(self.ctx.device)
+        logits, x = model(images)
+        terms = regularized_ce_loss(logits, x, labels, self.means, self.cfg.alpha)
+        n = labels.numel()
+        return StepResult(
+            terms["loss"],
+            {
+                "ce": terms["ce"].detach().to(torch.float64) * n,
+                "reg": terms["reg"].detach().to(torch.float64) * n,
+                "correct": count_correct(logits, labels),
+                "n": torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device),
+            },
+        )
+
+    def train_metrics(self, totals: dict[str, float], steps: int) -> dict[str, Any]:
+        n = max(totals["n"], 1)
+        return {
+            "alpha": self.cfg.alpha,
+            "train_loss": (totals["ce"] + self.cfg.alpha * totals["reg"]) / n,
+            "train_ce": totals["ce"] / n,
+            "train_reg": totals["reg"] / n,
+            "train_acc": totals["correct"] / n,
+        }
+
+    def evaluate(self, model: torch.nn.Module, split: str, batches: Any) -> dict[str, Any]:
+        return classify_split(model, split, batches, self.ctx)
+
+    def write_checkpoint_files(
+        self, folder: str, model: torch.nn.Module, epoch: int, metrics: dict[str, Any]
+    ) -> None:
+        from core.models.clip_classifier import save_classifier
+
+        clip = self.cfg.clip
+        meta = {
+            "method": RegularizedMethod.name,
+            "clip": {
+                "model_name": clip.model_name,
+                "pretrained": clip.pretrained,
+                "seed": clip.seed,
+            },
+            "classes": self.classes,
+            "alpha": self.cfg.alpha,
+            "epoch": epoch,
+            "metrics": metrics,
+        }
+        save_classifier(model, folder, meta=meta)
+
+
+def resolve_classifier_inputs(cfg: Any, extra: dict[str, str]) -> dict[str, str]:
+    """The manifest (default: the demo's under the storage root) plus ``extra`` inputs
+    (key → default path), each checked to exist and made absolute."""
+    paths = {"manifest": cfg.manifest or storage.join(cfg.storage, "demo", "manifest.parquet")}
+    paths.update({key: getattr(cfg, key) or default for key, default in extra.items()})
+    for key, path in paths.items():
+        if not storage.exists(path):
+            raise FileNotFoundError(f"{key}: {path}: no such file")
+    return {key: absolute_storage(path) for key, path in paths.items()}
+
+
+def classifier_metric(manifest: str) -> tuple[str, str]:
+    """Checkpoints ranked by validation accuracy, or training accuracy without a val split."""
+    from core.train.image_data import load_splits
+
+    _, splits = load_splits(manifest)
+    return ("val_acc" if len(splits["val"]) else "train_acc"), "max"
+
+
+class RegularizedMethod(Method, name="regularized", config_class=TrainRegularizedConfig):
+    """The driver side of LMM-regularized CLIP: inputs, class-means checks, the loader."""
+
+    job = "train_regularized"
+    colour_key = "prompt"
+
+    def resolve_inputs(self, cfg: TrainRegularizedConfig) -> dict[str, str]:
+        default_means = storage.join(cfg.storage, "class_means.safetensors")
+        return resolve_classifier_inputs(cfg, {"class_means": default_means})
+
+    def checkpoint_metric(self, cfg: TrainRegularizedConfig) -> tuple[str, str]:
+        return classifier_metric(cfg.manifest)
+
+    def plan(self, cfg: TrainRegularizedConfig, run_dir: str) -> RunPlan:
+        from core.models.open_clip_models import build_transforms
+        from core.train.image_data import load_splits
+
+        classes, splits = load_splits(cfg.manifest)
+        load_means_for(cfg, cfg.class_means, classes)  # fail here, before any worker starts
+        train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
+        metric, mode = self.checkpoint_metric(cfg)
+        return RunPlan(
+            splits=splits,
+            train_transform=train_tf,
+            eval_transform=eval_tf,
+            payload={"classes": classes, "class_means": cfg.class_means},
+            metric=metric,
+            mode=mode,
+            info={"alpha": cfg.alpha, "num_classes": len(classes)},
+        )
+
+    def worker(
+        self, cfg: TrainRegularizedConfig, payload: dict[str, Any], ctx: WorkerContext
+    ) -> RegularizedWorker:
+        return RegularizedWorker(cfg, payload, ctx)
+
+    def check_sweep(self, cfg: TrainRegularizedConfig, values: dict[str, list[Any]]) -> None:
+        """Every swept caption prompt must have its class means in the class-means file."""
+        from core.train.image_data import load_splits
+
+        classes, _ = load_splits(cfg.manifest)
+        where = "space.prompt" if "prompt" in values else "training.prompt"
+        for prompt in values.get("prompt", [cfg.prompt]):
+            try:
+                load_means_for(dataclasses.replace(cfg, prompt=prompt), cfg.class_means, classes)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+
+    def load_checkpoint(self, path: str) -> Any:
+        from core.models.clip_classifier import load_classifier
+
+        return load_classifier(path)
+
+
+METHOD = RegularizedMethod()
+
+
+# --------------------------------------------------------------------------------------------
+# The job: one run, or the baseline beside it
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSummary:
+    runs: list[RunResult] = field(default_factory=list)
+    plot: str = ""
+    summary_path: str = ""
+
+
+def train_regularized(cfg: TrainRegularizedConfig) -> TrainSummary:
+    """Run the configured training (and the alpha = 0 baseline beside it if asked).
+
+    Each run lives in ``<storage>/runs/<name>[/<variant>]``; calling again with the same names
+    continues an interrupted run from its last checkpoint.
+    """
+    from core.train.plots import plot_accuracy_curves
+
+    cfg = dataclasses.replace(cfg, **METHOD.resolve_inputs(cfg))
+    root = absolute_storage(storage.join(cfg.storage, "runs"))
+    summary = TrainSummary()
+    if not cfg.compare_baseline:
+        summary.runs.append(fit(METHOD, cfg, root, cfg.name))
+        return summary
+    compare_root = storage.join(root, cfg.name)
+    for variant, alpha in (("baseline", 0.0), ("regularized", cfg.alpha)):
+        variant_cfg = dataclasses.replace(cfg, alpha=alpha)
+        summary.runs.append(fit(METHOD, variant_cfg, compare_root, variant))
+    summary.plot = storage.join(compare_root, "test_accuracy.png")
+    plot_accuracy_curves(
+        {f"{r.name} (alpha={r.info['alpha']:g})": r.history for r in summary.runs},
+        "test_acc",
+        summary.plot,
+        title=f"{cfg.clip.model_name}: test accuracy per epoch",
+    )
+    summary.summary_path = storage.join(compare_root, "comparison.json")
+    storage.write_json(
+        summary.summary_path,
+        {
+            "runs": {r.name: r.as_dict() for r in summary.runs},
+            "final_test_acc": {r.name: r.final.get("test_acc") for r in summary.runs},
+            "best_val_test_acc": {r.name: accuracy_at_best_val(r.history) for r in summary.runs},
+            "plot": summary.plot,
+        },
+    )
+    return summary
+
+
+def accuracy_at_best_val(history: list[dict[str, Any]]) -> float | None:
+    """Test accuracy at the epoch with the best validation accuracy (model selection by val)."""
+    scored = [h for h in history if not math.isnan(h.get("val_acc", float("nan")))]
+    if not scored:
+        return None
+    return max(scored, key=lambda h: h["val_acc"])["test_acc"]

@@ -1,0 +1,119 @@
+"""A third method through the one engine: the frozen-encoder linear probe.
+
+It lives in one module (``core/train/methods/linear_probe.py``) plus one registry line, and gets
+everything else from the engine: Ray Train with 2 workers = 1 worker, checkpoints the prediction
+job reads, and Tune sweeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.config import load_config
+from core.train.engine import fit
+from core.train.registry import METHODS, get_method
+
+pytestmark = pytest.mark.ray
+
+CORE = Path(__file__).resolve().parents[1] / "core"
+EPOCHS = 2
+
+
+def _config(storage: Path, manifest: str, *overrides: str):
+    cls = get_method("linear_probe").config_class
+    return load_config(
+        cls,
+        None,
+        [
+            f"storage={storage}",
+            f"manifest={manifest}",
+            f"run.epochs={EPOCHS}",
+            "run.batch_size=8",
+            "optim.head_lr=0.05",
+            "optim.warmup_epochs=0",
+            *overrides,
+        ],
+    )
+
+
+def test_the_method_is_one_module_and_one_registry_line() -> None:
+    """Nothing in core but its own module and its registry entry names the linear probe."""
+    mentions = sorted(
+        str(path.relative_to(CORE))
+        for path in CORE.rglob("*.py")
+        if "linear_probe" in path.read_text()
+    )
+    assert mentions == ["train/methods/linear_probe.py", "train/registry.py"]
+    registry = (CORE / "train" / "registry.py").read_text().splitlines()
+    assert sum("linear_probe" in line for line in registry) == 1
+    assert METHODS["linear_probe"] == "core.train.methods.linear_probe"
+
+
+@pytest.fixture(scope="module")
+def runs(ray_local, demo_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    one = fit("linear_probe", _config(root, demo_dataset), str(root / "runs"), "w1")
+    two_cfg = _config(root, demo_dataset, "run.num_workers=2")
+    two = fit("linear_probe", two_cfg, str(root / "runs"), "w2")
+    return one, two
+
+
+def test_two_workers_train_like_one(runs) -> None:
+    """Same global batch (8 = 2 x 4), same seed: the same loss every epoch up to float
+    summation order, and the same accuracies."""
+    one, two = runs
+    assert [h["epoch"] for h in one.history] == list(range(EPOCHS))
+    assert len(two.history) == EPOCHS
+    for a, b in zip(one.history, two.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_acc"] == b["train_acc"]
+        assert a["val_acc"] == b["val_acc"] and a["test_acc"] == b["test_acc"]
+    # The head learns: the loss falls from ln(8) (uniform over 8 classes) at the start.
+    assert one.history[-1]["train_loss"] < one.history[0]["train_loss"]
+
+
+def test_encoder_stays_frozen_and_the_checkpoint_predicts(runs, demo_dataset) -> None:
+    from core.models.clip_classifier import build_classifier
+    from core.predict import load_classifier_checkpoint
+
+    one, _ = runs
+    model, meta, _ = load_classifier_checkpoint(one.latest_checkpoint)
+    assert meta["method"] == "linear_probe" and meta["epoch"] == EPOCHS - 1
+    fresh, _ = build_classifier(_config(Path("."), demo_dataset).clip, len(meta["classes"]))
+    for (name, before), after in zip(
+        fresh.encoder.state_dict().items(), model.encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(before, after), f"encoder weight {name} changed"
+    assert not torch.equal(fresh.head.weight, model.head.weight)
+
+
+def test_a_two_trial_sweep_over_the_probe(ray_local, demo_dataset, tmp_path) -> None:
+    from core.tune.config import TuneJobConfig
+    from core.tune.sweep import run_sweep
+
+    cfg = load_config(
+        TuneJobConfig,
+        None,
+        [
+            "target=linear_probe",
+            f"storage={tmp_path}",
+            "name=probe",
+            f"training.manifest={demo_dataset}",
+            "training.run.epochs=1",
+            "training.run.batch_size=8",
+            "space.optim.head_lr={grid: [0.001, 0.05]}",
+            "searcher=grid",
+            "scheduler.kind=fifo",
+            "max_concurrent_trials=2",
+            "verbose=0",
+        ],
+    )
+    summary = run_sweep(cfg)
+    assert len(summary.records) == 2 and summary.metric == "val_acc"
+    assert {r["status"] for r in summary.records} == {"TERMINATED"}
+    assert sorted(r["config"]["optim.head_lr"] for r in summary.records) == [0.001, 0.05]
+    best = load_config(get_method("linear_probe").config_class, summary.best_preset)
+    assert best.optim.head_lr == summary.best["config"]["optim.head_lr"]
