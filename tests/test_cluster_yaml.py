@@ -117,7 +117,7 @@ def test_gpu_requests_of_the_presets_launch_gpu_nodes(cluster) -> None:
     assert gpus >= caption.max_actors * caption.num_gpus
 
     train = load_config(TrainRegularizedConfig, CONFIGS / "train_regularized_vitl14.yaml")
-    assert train.use_gpu
-    worker = {"CPU": train.cpus_per_worker, "GPU": 1.0}
-    added = _place(cluster, [worker] * train.num_workers)
+    assert train.run.use_gpu
+    worker = {"CPU": train.run.cpus_per_worker, "GPU": 1.0}
+    added = _place(cluster, [worker] * train.run.num_workers)
     assert added and set(added) <= {"gpu_1x", "gpu_4x"}

@@ -57,6 +57,16 @@ class WorkerContext:
 
         return all_reduce_sum(values, self.device)
 
+    def group_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over the worker group, staying on the device (no host sync)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total
+
 
 @dataclass
 class StepResult:
@@ -113,7 +123,7 @@ class Method:
     """A training method on the driver (see the module docstring).
 
     A subclass names itself and its config class in its class statement, e.g. ``class
-    LinearProbe(Method, name="linear_probe", config_class=LinearProbeConfig)``.
+    MyMethod(Method, name="my_method", config_class=MyMethodConfig)``.
     """
 
     name: ClassVar[str]
