@@ -27,10 +27,23 @@ def regularized_ce_loss(
     labels: torch.Tensor,
     class_means: torch.Tensor,
     alpha: float,
+    weights: torch.Tensor | None = None,
+    count: torch.Tensor | float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``J = CE + alpha * J_reg``; alpha = 0 is the fine-tuning baseline (J_reg is still logged)."""
-    ce = F.cross_entropy(logits.float(), labels)
-    reg = description_regularizer(x.float(), class_means, labels)
+    """``J = CE + alpha * J_reg``; alpha = 0 is the fine-tuning baseline (J_reg is still logged).
+
+    ``weights`` [B] (1 = use the row, 0 = skip it, e.g. an unreadable image) turn both batch
+    means into weighted sums divided by ``count`` (default: the weights' sum), so a worker can
+    divide by its share of the whole group's rows and N workers still train like one.
+    """
+    if weights is None:
+        ce = F.cross_entropy(logits.float(), labels)
+        reg = description_regularizer(x.float(), class_means, labels)
+    else:
+        n = weights.sum().clamp(min=1) if count is None else count
+        ce = (F.cross_entropy(logits.float(), labels, reduction="none") * weights).sum() / n
+        targets = class_means.to(dtype=torch.float32)[labels]
+        reg = ((x.float() - targets).pow(2).sum(dim=1) * weights).sum() / n
     loss = ce + alpha * reg if alpha else ce
     return {"loss": loss, "ce": ce.detach(), "reg": reg.detach()}
 
@@ -46,8 +59,12 @@ def asymmetric_loss(
     clip: float = 0.05,
     eps: float = 1e-8,
     reduction: str = "sum",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Asymmetric loss (ASL, Ridnik et al.) for multi-label logits [B, L] and 0/1 targets [B, L].
+
+    ``weights`` [B] weigh whole rows (0 skips an unreadable image); ``"mean"`` then divides by
+    the weighted row count times L.
 
     Per entry, with ``p = sigmoid(x)`` and the shifted negative probability
     ``q = min(1, 1 - p + clip)``: positives give ``-(1 - p)^gamma_pos * log(p)`` and negatives
@@ -76,6 +93,10 @@ def asymmetric_loss(
             pt = p * y + q * (1 - y)
             weight = torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))
         log_terms = log_terms * weight
+    if weights is not None:
+        log_terms = log_terms * weights.to(x.dtype)[:, None]
+        total = -log_terms.sum()
+        return total / (weights.sum().clamp(min=1) * y.shape[1]) if reduction == "mean" else total
     total = -log_terms.sum()
     return total / max(1, y.numel()) if reduction == "mean" else total
 
@@ -137,6 +158,7 @@ def clip_decoder_loss(
     asl_clip: float = 0.05,
     eps: float = 1e-8,
     cls_reduction: str = "sum",
+    weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``L = alpha * L_clip + beta * L_cls``: alignment (contrastive) plus ASL classification.
 
@@ -144,8 +166,13 @@ def clip_decoder_loss(
     [B, L], label_embed [L, d], targets [B, L]. Both terms are always computed and logged, also
     when a weight is 0. ``gamma_neg``, ``gamma_pos``, ``asl_clip``, ``eps`` and ``cls_reduction``
     are :func:`asymmetric_loss`'s settings (``asl_clip`` is its ``clip``, named apart from L_clip).
+    A row of weight 0 (an unreadable image) is left out of both terms.
     """
-    cls = asymmetric_loss(logits, targets, gamma_neg, gamma_pos, asl_clip, eps, cls_reduction)
+    if weights is not None:
+        targets = targets * (weights > 0).to(targets.dtype)[:, None]  # no positives: no L_clip
+    cls = asymmetric_loss(
+        logits, targets, gamma_neg, gamma_pos, asl_clip, eps, cls_reduction, weights
+    )
     align = label_alignment_loss(image_embed, label_embed, targets, temperature)
     loss = alpha * align + beta * cls
     return {"loss": loss, "clip": align.detach(), "cls": cls.detach()}

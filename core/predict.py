@@ -9,6 +9,7 @@ written rows.
 from __future__ import annotations
 
 import logging
+import pickle
 import posixpath
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ from core import storage
 from core.config import PredictJobConfig
 from core.data.images import ImageLoadError, load_image
 from core.data.manifest import read_manifest
-from core.models.clip_classifier import META_FILE
+from core.models.clip_classifier import META_FILE, CheckpointError, read_meta
 from core.train.registry import get_method
 
 log = logging.getLogger(__name__)
@@ -121,17 +122,54 @@ def accuracy_report(table: pa.Table) -> dict[str, Any]:
 def load_classifier_checkpoint(checkpoint: str) -> tuple[Any, dict[str, Any], Any]:
     """(model, meta, eval transform) of a classifier checkpoint, loaded by the method that
     wrote it (``meta.json`` names it; checkpoints without the name are the regularized
-    method's)."""
+    method's). Any problem is one error line naming the file."""
+    meta = read_meta(checkpoint)
     meta_path = storage.join(checkpoint, META_FILE)
-    if not storage.exists(meta_path):
-        raise FileNotFoundError(f"{checkpoint}: not a classifier checkpoint (no {META_FILE})")
-    name = storage.read_json(meta_path).get("method", "regularized")
-    return get_method(name).load_checkpoint(checkpoint)
+    name = meta.get("method", "regularized")
+    try:
+        method = get_method(str(name))
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_path}: 'method': {exc}") from None
+    try:
+        loaded = method.load_checkpoint(checkpoint)
+    except (CheckpointError, FileNotFoundError):
+        raise
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OSError,
+        EOFError,
+    ) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(
+            f"{checkpoint}: cannot load the {name} checkpoint ({reason})"
+        ) from exc
+    if not (
+        isinstance(loaded, tuple)
+        and len(loaded) == 3
+        and callable(loaded[2])
+        and isinstance(meta.get("classes"), list)
+    ):
+        raise CheckpointError(
+            f"{checkpoint}: a {name} checkpoint, not a single-label classifier's (prediction "
+            "needs one with 'classes' in its meta.json)"
+        )
+    return loaded
+
+
+def check_checkpoint(checkpoint: str) -> dict[str, Any]:
+    """Open the checkpoint on the driver, before any actor starts: a bad one is then one line
+    naming the file, not a traceback from every actor of the pool. Returns its meta data."""
+    _, meta, _ = load_classifier_checkpoint(checkpoint)
+    return meta
 
 
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint folder, or a run folder whose newest ``checkpoint_*`` folder is taken."""
-    if storage.exists(storage.join(path, "meta.json")):
+    if storage.exists(storage.join(path, META_FILE)):
         return path
     fs, inner = storage.resolve(path)
     names = []
@@ -156,9 +194,15 @@ def run_prediction(cfg: PredictJobConfig) -> PredictionSummary:
     start = time.monotonic()
     manifest_path = cfg.manifest or storage.join(cfg.storage, "demo", "manifest.parquet")
     checkpoint = resolve_checkpoint(cfg.checkpoint)
+    check_checkpoint(checkpoint)
     manifest = read_manifest(manifest_path, cfg.splits)
     if "label" not in manifest.column_names:
         raise ValueError(f"{manifest_path}: prediction needs a single-label 'label' column")
+    if manifest.num_rows == 0:
+        raise ValueError(
+            f"{manifest_path}: no rows in split(s) {', '.join(cfg.splits) or '(all)'}; "
+            "nothing to predict (choose 'splits' the manifest has)"
+        )
     run_dir = posixpath.dirname(checkpoint.rstrip("/"))
     output = cfg.output or storage.join(run_dir, "predictions")
     table = manifest.select(["id", "path", "label"])

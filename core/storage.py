@@ -7,7 +7,9 @@ NFS, or ``s3://`` / ``gs://`` storage.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -70,12 +72,53 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None``.
+
+    Python's ``json`` writes NaN and Infinity as bare words that strict JSON readers (browsers,
+    ``jq``, most other languages) reject; ``null`` is what "no value" means in JSON.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
+        return json_safe(obj.item())
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj``: NaN and infinities become ``null`` (see :func:`json_safe`)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write strict JSON (NaN and infinities as ``null``), atomically for local paths."""
+    write_bytes(path, (dumps_json(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(read_bytes(path))
+
+
+def torch_load_failure(exc: BaseException) -> tuple[bool, str]:
+    """(refused, one-line reason) for an error of ``torch.load(..., weights_only=True)``.
+
+    ``refused`` is True when the file asks to run code (a pickled global that is not a tensor
+    type), False when it is merely not a torch file or damaged. Kept here, free of torch and
+    model imports, for every reader of checkpoints.
+    """
+    text = str(exc)
+    name = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if name:
+        return True, f"it would call {name.group(1)}"
+    refused = "Unsupported global" in text
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = found.group(1) if found else (text.strip().splitlines() or [type(exc).__name__])[0]
+    reason = " ".join(reason.split())
+    return refused, reason if len(reason) <= 200 else reason[:197] + "..."
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
@@ -100,6 +143,30 @@ def list_files(directory: str | os.PathLike, suffix: str = "") -> list[str]:
         if name.endswith(suffix):
             out.append(join(str(directory), name))
     return sorted(out)
+
+
+def list_dirs(directory: str | os.PathLike, prefix: str = "") -> list[str]:
+    """Names (not paths) of the folders directly under ``directory`` starting with ``prefix``.
+
+    On object stores a "folder" is a key prefix; pyarrow lists those as directories too.
+    """
+    fs, inner = resolve(directory)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return []
+    items = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+    return sorted(
+        item.base_name
+        for item in items
+        if item.type == pafs.FileType.Directory and item.base_name.startswith(prefix)
+    )
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a folder and everything under it (a key prefix on object stores)."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        return
+    fs.delete_dir(inner)
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:

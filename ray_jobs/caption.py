@@ -7,7 +7,6 @@ Resumable: run it again on the same output and only images without a row are cap
 
 from __future__ import annotations
 
-import json
 import logging
 
 from core import storage
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> CaptionSummary:
         f"failed={summary.failed} rows={summary.caption_rows} in {summary.seconds:.1f}s"
     )
     print(f"captions: {summary.output}")
-    print(json.dumps(summary.as_dict()))
+    print(storage.dumps_json(summary.as_dict()))
     return summary
 
 

@@ -8,8 +8,7 @@ regularized training job reads.
 
 from __future__ import annotations
 
-import json
-
+from core import storage
 from core.config import ClassMeansJobConfig
 from core.text.class_means import ClassMeansResult, compute_class_means
 from ray_jobs.cli import init_ray, parse_job_config, run_main
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> ClassMeansResult:
         print(f"  {name:<{width}}  {count} captions")
     print(f"class means: {result.output}")
     print(f"summary: {result.summary_path}")
-    print(json.dumps(result.as_dict()))
+    print(storage.dumps_json(result.as_dict()))
     return result
 
 

@@ -1,4 +1,5 @@
-"""What every entrypoint shares: ``--config`` + dotted overrides, logging, and connecting to Ray."""
+"""What every entrypoint shares: ``--config`` + dotted overrides, ``--debug``, logging, connecting
+to Ray, and one error line (not a traceback) for failures the user can fix."""
 
 from __future__ import annotations
 
@@ -13,25 +14,60 @@ from core.config import ConfigError, RayConfig, load_config
 
 T = TypeVar("T")
 
+#: Set by ``--debug``: failures then end with their full traceback instead of one line.
+DEBUG = False
+
+#: Failures a user causes and fixes (bad data, checkpoint, config, a missing file): reported as
+#: one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+)
+
 
 def parse_job_config(cls: type[T], description: str, argv: list[str] | None = None) -> T:
-    """Parse ``--config FILE key=value ...``; a bad setting exits with one line naming the key."""
+    """Parse ``--config FILE [--debug] key=value ...``; a bad setting exits with one line naming
+    the key."""
+    global DEBUG
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML preset (see ray_jobs/configs/)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     parser.add_argument(
         "overrides", nargs="*", help="dotted overrides, e.g. captioner.batch_size=16"
     )
     args = parser.parse_args(argv)
+    DEBUG = DEBUG or args.debug
     try:
         return load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
+        if DEBUG:
+            raise
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to whatever ``sys.stderr`` is when a record is written, not when the handler was
+    made: a job run in-process twice (tests, notebooks) never writes to a stream closed since."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; ignored
+        pass
+
+
 def setup_logging() -> None:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[_StderrHandler()],
+        force=True,
     )
 
 
@@ -53,13 +89,56 @@ def init_ray(cfg: RayConfig, cpus_needed: float = 1.0) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=cfg.dashboard)
 
 
-def run_main(main: Callable[[], Any]) -> None:
-    """Run a job's main with clear one-line errors for bad input instead of a traceback wall."""
+def _user_errors() -> tuple[type[BaseException], ...]:
     from core.ray_internals import UnsupportedRayVersion
 
+    return (*USER_ERRORS, UnsupportedRayVersion)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The error the user's code raised, out of Ray's wrappers.
+
+    Ray Train 2.60 raises ``ray.train.WorkerGroupError`` (a ``TrainingFailedError``) whose
+    ``worker_failures`` maps each failed rank to its exception, and ``ControllerError`` with
+    ``controller_failure``; Ray tasks and actors raise ``RayTaskError`` with ``cause``. (Ray
+    Data keeps only the text of an error raised in a ``map_batches`` function, which is why jobs
+    check their inputs on the driver.) Among several failed ranks, the first one with a user
+    error wins (the others often only saw their peer vanish).
+    """
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        failures = getattr(exc, "worker_failures", None)
+        if isinstance(failures, dict) and failures:
+            ranked = [failures[rank] for rank in sorted(failures)]
+            causes = [root_cause(e) for e in ranked]
+            user = [c for c in causes if isinstance(c, _user_errors())]
+            return (user or causes)[0]
+        inner = getattr(exc, "controller_failure", None) or getattr(exc, "cause", None)
+        if isinstance(inner, BaseException):
+            exc = inner
+            continue
+        break
+    return exc
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a job's main; a failure the user can fix ends it with one line and exit status 1.
+
+    With ``--debug`` (anywhere on the command line) the failure's traceback is shown instead.
+    Errors that are not the user's (bugs) keep their traceback.
+    """
     setup_logging()
     try:
         main()
-    except (FileNotFoundError, ValueError, UnsupportedRayVersion) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        cause = root_cause(exc)
+        if DEBUG or "--debug" in sys.argv[1:] or not isinstance(cause, _user_errors()):
+            raise
+        print(f"error: {one_line(cause)}", file=sys.stderr)
         raise SystemExit(1) from None

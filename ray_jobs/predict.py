@@ -9,14 +9,19 @@ accuracy.json (overall and per class) next to the run, or under ``output``.
 
 from __future__ import annotations
 
-import json
-
+from core import storage
 from core.config import PredictJobConfig
-from core.predict import PredictionSummary, run_prediction
+from core.predict import (
+    PredictionSummary,
+    check_checkpoint,
+    resolve_checkpoint,
+    run_prediction,
+)
 from ray_jobs.cli import init_ray, parse_job_config, run_main
 
 
 def predict(cfg: PredictJobConfig) -> PredictionSummary:
+    check_checkpoint(resolve_checkpoint(cfg.checkpoint))  # one line, before Ray starts
     init_ray(cfg.ray, cpus_needed=cfg.num_actors + 1)
     return run_prediction(cfg)
 
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> PredictionSummary:
     )
     print(f"predictions: {summary.output}")
     print(f"accuracy: {summary.accuracy_path}")
-    print(json.dumps(summary.as_dict()))
+    print(storage.dumps_json(summary.as_dict()))
     return summary
 
 

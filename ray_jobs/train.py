@@ -13,7 +13,6 @@ summaries (the baseline comparison; the ZSL / GZSL table).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from core import storage
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     run = fit(method, cfg, absolute_storage(storage.join(cfg.storage, "runs")), cfg.name)
     print(f"{run.name} ({method.name}): {len(run.history)} epochs, {run.run_dir}")
     print(f"  best checkpoint ({run.checkpoint_metric}): {run.best_checkpoint}")
-    print(json.dumps(run.final))
+    print(storage.dumps_json(run.final))
     return run
 
 

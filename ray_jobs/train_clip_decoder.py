@@ -8,9 +8,9 @@ Running it again with the same ``name`` continues from the last checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
 
+from core import storage
 from core.config import ClipDecoderTrainConfig
 from core.train.engine import RunResult
 from core.train.methods.clip_decoder import train_clip_decoder
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     print(f"  metrics: {run.run_dir}/metrics.jsonl")
     print(f"  final metrics: {run.final_metrics_path}")
     print(f"  best checkpoint ({run.checkpoint_metric}): {run.best_checkpoint}")
-    print(json.dumps({k: v for k, v in final.items() if k.startswith(("zsl_", "gzsl_"))}))
+    print(storage.dumps_json({k: v for k, v in final.items() if k.startswith(("zsl_", "gzsl_"))}))
     return run
 
 

@@ -8,8 +8,7 @@ again with the same ``name`` continues from the last checkpoint.
 
 from __future__ import annotations
 
-import json
-
+from core import storage
 from core.config import TrainRegularizedConfig
 from core.train.methods.regularized import TrainSummary, train_regularized
 from ray_jobs.cli import init_ray, parse_job_config, run_main
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> TrainSummary:
     if summary.plot:
         print(f"test accuracy plot: {summary.plot}")
         print(f"comparison: {summary.summary_path}")
-    print(json.dumps({r.name: r.final for r in summary.runs}))
+    print(storage.dumps_json({r.name: r.final for r in summary.runs}))
     return summary
 
 

@@ -117,3 +117,35 @@ def test_a_two_trial_sweep_over_the_probe(ray_local, demo_dataset, tmp_path) -> 
     assert sorted(r["config"]["optim.head_lr"] for r in summary.records) == [0.001, 0.05]
     best = load_config(get_method("linear_probe").config_class, summary.best_preset)
     assert best.optim.head_lr == summary.best["config"]["optim.head_lr"]
+
+
+def test_unreadable_images_past_the_limit_stop_the_job_with_one_line(
+    ray_local, demo_dataset, tmp_path, capsys
+) -> None:
+    """With ``run.max_bad_images=0`` the first epoch that meets an unreadable image ends the
+    run: every worker stops before reporting it, and the job exits with one line naming the
+    files (no traceback)."""
+    import pyarrow as pa
+
+    from core.data.manifest import read_manifest, write_manifest
+    from ray_jobs import train
+    from ray_jobs.cli import run_main
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    rows = read_manifest(demo_dataset).to_pylist()
+    good = next(r for r in rows if r["split"] == "train")
+    for name in ("missing.png", "empty.png"):
+        rows.append({**good, "id": name, "path": str(tmp_path / name)})
+    manifest = write_manifest(pa.Table.from_pylist(rows), str(tmp_path / "manifest.parquet"))
+    argv = ["--method", "linear_probe", f"storage={tmp_path}", f"manifest={manifest}"]
+    argv += ["run.epochs=2", "run.batch_size=8", "run.max_bad_images=0"]
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: train.main(argv))
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # the job's logs come before it
+    assert last.startswith("error: run.max_bad_images: 2 training images cannot be read"), last
+    assert str(tmp_path / "missing.png") in last and str(tmp_path / "empty.png") in last
+    run_dir = tmp_path / "runs" / "linear_probe"
+    assert not (run_dir / "metrics.jsonl").exists()  # no epoch was reported

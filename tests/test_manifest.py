@@ -193,3 +193,43 @@ def test_decode_errors(data: bytes, message: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match="file not found"):
         load_image(str(tmp_path / "nope.png"))
+
+
+def test_null_labels_are_errors_naming_column_count_and_ids(tmp_path: Path) -> None:
+    """A null label would otherwise become a class called 'None' in training."""
+    base = {"id": ["a", "b", "c", "d"], "path": ["/a", "/b", "/c", "/d"], "split": ["train"] * 4}
+    single = pa.table({**base, "label": ["x", None, "y", " "]})
+    pq.write_table(single, tmp_path / "single.parquet")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(str(tmp_path / "single.parquet"))
+    message = str(info.value)
+    assert "single.parquet" in message and "column 'label'" in message
+    assert "2 null or empty value(s)" in message and "'b', 'd'" in message and "'a'" not in message
+
+    labels = pa.array([["x"], None, ["y", None], []], type=pa.list_(pa.string()))
+    pq.write_table(pa.table({**base, "labels": labels}), tmp_path / "multi.parquet")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(str(tmp_path / "multi.parquet"))
+    message = str(info.value)
+    assert "multi.parquet" in message and "column 'labels'" in message
+    assert "2 row(s)" in message and "'b', 'c'" in message and "'d'" not in message  # [] is fine
+
+    for column in ("id", "path"):
+        values = list(base[column])
+        values[2] = None
+        table = pa.table({**base, column: values, "label": ["x"] * 4})
+        with pytest.raises(ManifestError, match=rf"m.parquet: column '{column}' has 1 null"):
+            write_manifest(table, str(tmp_path / "m.parquet"))
+    many = pa.table({**base, "label": [None] * 4})
+    with pytest.raises(
+        ManifestError, match=r"4 null or empty value\(s\) \(ids 'a', 'b', 'c', 'd'\)"
+    ):
+        write_manifest(many, str(tmp_path / "m.parquet"))
+
+
+def test_null_labels_in_a_source_table_are_not_turned_into_text(tmp_path: Path) -> None:
+    src = tmp_path / "src.parquet"
+    labels = pa.array([["a", None], ["b"]], type=pa.list_(pa.string()))
+    pq.write_table(pa.table({"path": ["/x.jpg", "/y.jpg"], "labels": labels}), src)
+    with pytest.raises(ManifestError, match=r"column 'labels' has 1 row\(s\).*'x.jpg'"):
+        manifest_from_table(str(src), label_column=None, labels_column="labels")

@@ -93,7 +93,7 @@ def test_every_stage_writes_its_objects(run, s3) -> None:
     checkpoints = {p[3] for p in parts if len(p) == 5}  # folders, not the manager's snapshot
     assert len(checkpoints) == EPOCHS  # keep_checkpoints=2 keeps both epochs
     for name in checkpoints:
-        for file in ("model.pt", "train_state.pt", "meta.json"):
+        for file in ("model.safetensors", "train_state.pt", "meta.json"):
             assert f"run/runs/cluster/{name}/{file}" in keys
 
 

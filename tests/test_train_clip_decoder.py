@@ -70,23 +70,38 @@ def _config(storage: Path, manifest: str, *overrides: str) -> ClipDecoderTrainCo
             "optim.encoder_lr=0.001",
             "optim.head_lr=0.001",
             "optim.warmup_epochs=0.5",
+            "run.max_bad_images=2",  # the two unreadable images of with_bad_images
             *overrides,
         ],
     )
 
 
 @pytest.fixture(scope="module")
-def one_worker(ray_local, demo, tmp_path_factory):
-    return train_clip_decoder(_config(tmp_path_factory.mktemp("w1"), demo.manifest, "name=w1"))
+def with_bad_images(demo, tmp_path_factory) -> str:
+    """The demo manifest plus two training rows whose images cannot be read (a missing file and
+    a text file), with the demo's label lists beside it. Both runs skip them."""
+    folder = tmp_path_factory.mktemp("cd-bad")
+    (folder / "notes.png").write_text("not an image")
+    rows = read_manifest(demo.manifest).to_pylist()
+    good = next(r for r in rows if r["split"] == "train")
+    for name in ("missing.png", "notes.png"):
+        rows.append({**good, "id": f"bad/{name}", "path": str(folder / name)})
+    demo.label_split.save(str(folder / LABEL_SPLIT_FILE))
+    return write_manifest(pa.Table.from_pylist(rows), str(folder / "manifest.parquet"))
 
 
 @pytest.fixture(scope="module")
-def two_workers_flipped_killed(ray_local, demo, tmp_path_factory):
+def one_worker(ray_local, with_bad_images, tmp_path_factory):
+    return train_clip_decoder(_config(tmp_path_factory.mktemp("w1"), with_bad_images, "name=w1"))
+
+
+@pytest.fixture(scope="module")
+def two_workers_flipped_killed(ray_local, demo, with_bad_images, tmp_path_factory):
     """Two workers; every image's unseen labels flipped (present <-> absent), in the training
     split too; the last worker killed once in epoch 1 (the group resumes from the epoch-0
     checkpoint)."""
     root = tmp_path_factory.mktemp("flipped")
-    table = read_manifest(demo.manifest)
+    table = read_manifest(with_bad_images)
     unseen = set(demo.unseen)
     flipped = [
         [x for x in labels if x not in unseen] + [u for u in demo.unseen if u not in labels]
@@ -156,7 +171,20 @@ def test_checkpoint_reloads_and_scores_like_the_run(one_worker, demo) -> None:
     assert float(np.mean(aps)) == pytest.approx(one_worker.final_metrics["zsl_map"], abs=1e-6)
 
 
-def test_two_workers_reach_the_one_worker_loss(one_worker, two_workers_flipped_killed) -> None:
+def expected_skips(manifest: str, bad: int, batch: int, seed: int = 0) -> list[int]:
+    """Unreadable rows each epoch trains on, from the data plan: the ``bad`` last training rows
+    that fall in the epoch's full global batches (the last partial batch is dropped)."""
+    from core.train.image_data import epoch_order
+
+    _, splits = load_multilabel_splits(manifest)
+    n = len(splits["train"])
+    used = (n // batch) * batch
+    return [int((epoch_order(n, seed, e)[:used] >= n - bad).sum()) for e in range(EPOCHS)]
+
+
+def test_two_workers_reach_the_one_worker_loss(
+    one_worker, two_workers_flipped_killed, with_bad_images
+) -> None:
     """Same global batch (8 = 2 x 4), seed and data order. BatchNorm statistics are taken over
     both workers and the loss weights make DDP's average the one-worker gradient, so every
     epoch's loss matches up to float summation order (measured: ~1e-7 relative; 1e-5 allowed).
@@ -165,6 +193,12 @@ def test_two_workers_reach_the_one_worker_loss(one_worker, two_workers_flipped_k
     enter the ZSL metrics, which change."""
     two = two_workers_flipped_killed.history
     assert len(two) == EPOCHS
+    skips = expected_skips(with_bad_images, 2, 8)
+    assert sum(skips) > 0  # the plan draws the unreadable rows
+    for run in (one_worker, two_workers_flipped_killed):  # the unreadable images, skipped
+        assert [h["skipped_images"] for h in run.history] == skips
+        names = sorted(Path(b["path"]).name for b in run.bad_images if b["split"] == "train")
+        assert names == ["missing.png", "notes.png"]
     for a, b in zip(one_worker.history, two, strict=True):
         for key in ("train_loss", "train_clip", "train_cls"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["epoch"], key)

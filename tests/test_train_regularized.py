@@ -33,6 +33,49 @@ def means_file(demo_dataset, tmp_path_factory) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def with_bad_images(demo_dataset, tmp_path_factory) -> str:
+    """The demo manifest plus three training rows whose images cannot be read: a missing file,
+    a zero-byte file and a text file. Training skips them, the same way with any worker count."""
+    import pyarrow as pa
+
+    from core.data.manifest import write_manifest
+
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    rows = read_manifest(demo_dataset).to_pylist()
+    good = next(r for r in rows if r["split"] == "train")
+    for name in ("missing.png", "empty.png", "notes.png"):
+        rows.append({**good, "id": f"bad/{name}", "path": str(folder / name)})
+    return write_manifest(pa.Table.from_pylist(rows), str(folder / "manifest.parquet"))
+
+
+BAD_REASONS = {"missing.png": "file not found", "empty.png": "empty file", "notes.png": "not a"}
+
+
+def expected_skips(manifest: str, bad: int, batch: int, seed: int = 0) -> list[int]:
+    """Unreadable rows each epoch trains on, from the data plan: the ``bad`` last training rows
+    that fall in the epoch's full global batches (the last partial batch is dropped)."""
+    from core.train.image_data import epoch_order, load_splits
+
+    _, splits = load_splits(manifest)
+    n = len(splits["train"])
+    used = (n // batch) * batch
+    return [int((epoch_order(n, seed, e)[:used] >= n - bad).sum()) for e in range(EPOCHS)]
+
+
+def _assert_skipped_the_bad_images(run, manifest: str) -> None:
+    """Each epoch skipped exactly the unreadable images it drew, and the run lists all three."""
+    assert [h["skipped_images"] for h in run.history] == expected_skips(manifest, 3, 8)
+    listed = {Path(b["path"]).name: b["reason"] for b in run.bad_images if b["split"] == "train"}
+    assert listed.keys() == BAD_REASONS.keys()
+    for name, start in BAD_REASONS.items():
+        assert listed[name].startswith(start), listed[name]
+    saved = json.loads(Path(run.bad_images_path).read_text())["skipped"]
+    assert sorted(b["path"] for b in saved) == sorted(b["path"] for b in run.bad_images)
+
+
 def _config(storage: Path, manifest: str, means: str, *overrides: str) -> TrainRegularizedConfig:
     return load_config(
         TrainRegularizedConfig,
@@ -47,13 +90,14 @@ def _config(storage: Path, manifest: str, means: str, *overrides: str) -> TrainR
             "optim.encoder_lr=0.001",
             "optim.head_lr=0.01",
             "optim.warmup_epochs=0.5",
+            "run.max_bad_images=3",  # the three unreadable images of with_bad_images
             *overrides,
         ],
     )
 
 
 @pytest.fixture(scope="module")
-def one_worker(ray_local, demo_dataset, means_file, tmp_path_factory):
+def one_worker(ray_local, with_bad_images, means_file, tmp_path_factory):
     """Run with a RELATIVE storage root and the default class-means path under it, as the
     demo does: Train workers run in their own folder, so the driver must resolve both."""
     root = tmp_path_factory.mktemp("w1")
@@ -61,7 +105,7 @@ def one_worker(ray_local, demo_dataset, means_file, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root.parent)
     try:
-        cfg = _config(Path(root.name), demo_dataset, "", "name=w1")
+        cfg = _config(Path(root.name), with_bad_images, "", "name=w1")
         summary = train_regularized(cfg)
     finally:
         os.chdir(cwd)
@@ -87,12 +131,12 @@ def test_one_worker_run_writes_every_epoch_and_a_loadable_checkpoint(one_worker)
 
 
 @pytest.fixture(scope="module")
-def two_workers_killed(ray_local, demo_dataset, means_file, tmp_path_factory):
+def two_workers_killed(ray_local, with_bad_images, means_file, tmp_path_factory):
     """Two workers, the last one killed once mid-epoch 1: Ray Train restarts the group from the
     epoch-0 checkpoint."""
     cfg = _config(
         tmp_path_factory.mktemp("w2"),
-        demo_dataset,
+        with_bad_images,
         means_file,
         "name=w2",
         "run.num_workers=2",
@@ -102,12 +146,16 @@ def two_workers_killed(ray_local, demo_dataset, means_file, tmp_path_factory):
     return train_regularized(cfg).runs[0]
 
 
-def test_two_workers_reach_the_one_worker_loss(one_worker, two_workers_killed) -> None:
+def test_two_workers_reach_the_one_worker_loss(
+    one_worker, two_workers_killed, with_bad_images
+) -> None:
     """Same global batch (8 = 2 x 4) and seed: the same global batches each step, gradients
     averaged by DDP, so every epoch's loss matches up to float summation order (1e-5), the
-    restart from a checkpoint included."""
+    restart from a checkpoint included, and the three unreadable images skipped in both."""
     two = two_workers_killed.history
     assert len(two) == EPOCHS
+    _assert_skipped_the_bad_images(one_worker, with_bad_images)
+    _assert_skipped_the_bad_images(two_workers_killed, with_bad_images)
     for a, b in zip(one_worker.history, two, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["train_acc"] == b["train_acc"]
@@ -127,6 +175,16 @@ def test_means_for_other_classes_are_refused(ray_local, demo_dataset, tmp_path) 
     path = str(tmp_path / "other.safetensors")
     save_class_means(path, ClassMeans(["a", "b"], torch.zeros(2, 32), [1, 1], prompts=["p"]))
     with pytest.raises(ValueError, match="do not match the manifest's classes"):
+        train_regularized(_config(tmp_path, demo_dataset, path))
+
+
+def test_means_of_another_width_are_refused_before_any_worker(demo_dataset, tmp_path) -> None:
+    """Means built with another CLIP (here 16 wide, tiny-vit embeds in 32) stop the job on the
+    driver: a worker's error would be retried by Ray Train to the same failure."""
+    classes = sorted(set(read_manifest(demo_dataset).column("label").to_pylist()))
+    path = str(tmp_path / "narrow.safetensors")
+    save_class_means(path, ClassMeans(classes, torch.zeros(len(classes), 16), [1] * 8, ["p"]))
+    with pytest.raises(ValueError, match=r"dimension 16 but tiny-vit embeds images in 32"):
         train_regularized(_config(tmp_path, demo_dataset, path))
 
 

@@ -15,6 +15,7 @@ from core.config.captioning import (
 )
 from core.config.class_means import ClassMeansJobConfig
 from core.config.common import ClipConfig, DemoDataConfig, OptimConfig, RayConfig
+from core.config.datasets import DatasetManifestConfig
 from core.config.demo import DemoJobConfig
 from core.config.loader import (
     PRESET_KEY,
@@ -52,6 +53,7 @@ __all__ = [
     "ClipDecoderTrainConfig",
     "ConfigError",
     "ConfigYAMLLoader",
+    "DatasetManifestConfig",
     "DemoDataConfig",
     "DemoJobConfig",
     "HFVLMConfig",

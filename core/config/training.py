@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +24,9 @@ class TrainRunConfig:
     keep_checkpoints: int = 2  # the best N by the method's checkpoint metric
     max_failures: int = 3  # worker failures survived by resuming from the last checkpoint
     fail_at_epoch: int = -1  # fault injection for tests: kill a worker once in this epoch
+    # Unreadable images skipped per epoch before the run stops: < 1 is a fraction of the
+    # training rows (rounded up), >= 1 a count; 0 stops at the first one.
+    max_bad_images: float = 0.01
 
     def validate(self, key: str) -> None:
         check(self.epochs >= 1, at(key, "epochs"), "must be >= 1")
@@ -36,6 +40,13 @@ class TrainRunConfig:
         check(self.keep_checkpoints >= 1, at(key, "keep_checkpoints"), "must be >= 1")
         check(self.max_failures >= 0, at(key, "max_failures"), "must be >= 0")
         check(self.cpus_per_worker > 0, at(key, "cpus_per_worker"), "must be > 0")
+        check(self.max_bad_images >= 0, at(key, "max_bad_images"), "must be >= 0")
+
+    def bad_image_limit(self, rows: int) -> int:
+        """How many unreadable images of ``rows`` one epoch may skip."""
+        if self.max_bad_images >= 1:
+            return int(self.max_bad_images)
+        return math.ceil(self.max_bad_images * rows)
 
 
 @dataclass

@@ -155,7 +155,12 @@ def manifest_from_table(
     if labels_column:
         col = table.column(labels_column)
         if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-            multi = [[str(x) for x in (v or [])] for v in col.to_pylist()]
+            # A null list or a null label stays null, so the check below names it (str() would
+            # turn it into a label called 'None').
+            multi = [
+                None if v is None else [None if x is None else str(x) for x in v]
+                for v in col.to_pylist()
+            ]
         else:
             multi = [
                 [x.strip() for x in str(v).split(labels_separator) if x.strip()] if v else []
@@ -176,7 +181,62 @@ def manifest_from_table(
     for name in table.column_names:
         if name not in used and name not in out:
             out[name] = table.column(name)
-    return pa.table(out)
+    result = pa.table(out)
+    _check_not_empty(result, path)
+    return result
+
+
+def _blank(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """True where a value is null or (for text) empty or only whitespace."""
+    nulls = pc.is_null(values)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return nulls
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), False)
+    return pc.or_(nulls, empty)
+
+
+def _empty_label_rows(table: pa.Table, column: str) -> list[int]:
+    """Rows whose ``label`` is missing, or whose ``labels`` list is null or holds a missing
+    label (an empty list is fine: an image with none of the labels)."""
+    values = table.column(column)
+    if column == "label":
+        return pc.indices_nonzero(_blank(values)).to_pylist()
+    values = values.combine_chunks()
+    if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
+        return pc.indices_nonzero(_blank(values)).to_pylist()
+    rows = set(pc.indices_nonzero(pc.is_null(values)).to_pylist())
+    flat = pc.list_flatten(values)
+    parents = pc.list_parent_indices(values)
+    bad = pc.indices_nonzero(_blank(flat))
+    rows.update(pc.take(parents, bad).to_pylist())
+    return sorted(rows)
+
+
+def _check_not_empty(table: pa.Table, source: str) -> None:
+    """Null ids, paths or labels are errors (training would turn a null label into a class
+    named 'None'); the message names the column, how many rows, and the first few ids."""
+    id_rows = pc.indices_nonzero(_blank(table.column("id"))).to_pylist()
+    if id_rows:
+        raise ManifestError(
+            f"{source}: column 'id' has {len(id_rows)} null or empty value(s) "
+            f"(rows {', '.join(map(str, id_rows[:5]))}{', ...' if len(id_rows) > 5 else ''})"
+        )
+    ids = table.column("id")
+    columns = ["path", *(c for c in ("label", "labels") if c in table.column_names)]
+    for column in columns:
+        if column == "path":
+            rows = pc.indices_nonzero(_blank(table.column(column))).to_pylist()
+        else:
+            rows = _empty_label_rows(table, column)
+        if rows:
+            first = ", ".join(repr(ids[i].as_py()) for i in rows[:5])
+            more = ", ..." if len(rows) > 5 else ""
+            what = (
+                f"has {len(rows)} row(s) that are null or hold a null or empty label"
+                if column == "labels"
+                else f"has {len(rows)} null or empty value(s)"
+            )
+            raise ManifestError(f"{source}: column {column!r} {what} (ids {first}{more})")
 
 
 def validate_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
@@ -186,9 +246,8 @@ def validate_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
             raise ManifestError(f"{source}: missing column {name!r}")
     if "label" not in table.column_names and "labels" not in table.column_names:
         raise ManifestError(f"{source}: needs a 'label' or a 'labels' column")
+    _check_not_empty(table, source)
     ids = table.column("id")
-    if ids.null_count:
-        raise ManifestError(f"{source}: column 'id' has {ids.null_count} empty values")
     if pc.count_distinct(ids).as_py() != len(table):
         raise ManifestError(f"{source}: column 'id' has duplicates")
     splits = set(table.column("split").cast(pa.string()).to_pylist())

@@ -115,6 +115,15 @@ def build_clip(model_name: str, pretrained: str = "", seed: int = 0) -> ClipBund
     return ClipBundle(model, train_tf, eval_tf, tokenizer, embed_dim, size)
 
 
+def embed_dim_of(model_name: str) -> int:
+    """The width of a CLIP model's image and text embeddings, from its config (nothing built)."""
+    register_tiny_configs()
+    model_cfg = open_clip.get_model_config(model_name)
+    if model_cfg is None:
+        raise ValueError(f"clip model {model_name!r} is not an open_clip model")
+    return int(model_cfg["embed_dim"])
+
+
 def build_transforms(model_name: str, pretrained: str = "") -> tuple[Any, Any]:
     """open_clip's (train, eval) image transforms for a model, without building the model.
 

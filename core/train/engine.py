@@ -18,7 +18,7 @@ from typing import Any
 
 from core import storage
 from core.config import to_dict
-from core.train.image_data import build_train_datasets
+from core.train.image_data import build_train_datasets, steps_per_epoch
 from core.train.launch import absolute_storage, launch_torch_trainer
 from core.train.loop_parts import METRICS_FILE
 from core.train.method import Method
@@ -26,6 +26,9 @@ from core.train.registry import get_method
 from core.train.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
+
+#: Where the decoding tasks record the images they could not read (one file per task).
+BAD_IMAGES_DIR = "bad_images"
 
 
 @dataclass
@@ -42,6 +45,8 @@ class RunResult:
     latest_checkpoint: str = ""
     final_metrics: dict[str, Any] = field(default_factory=dict)  # written by the method
     final_metrics_path: str = ""
+    bad_images: list[dict[str, Any]] = field(default_factory=list)  # skipped: id, path, reason
+    bad_images_path: str = ""
 
     @property
     def final(self) -> dict[str, Any]:
@@ -57,7 +62,13 @@ def read_history(run_dir: str) -> list[dict[str, Any]]:
     if not storage.exists(path):
         return []
     text = storage.read_bytes(path).decode()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [_nan_for_null(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def _nan_for_null(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics files hold strict JSON (an undefined metric, e.g. ``val_acc`` without a val
+    split, is null); in memory it is NaN again, as the workers computed it."""
+    return {k: float("nan") if v is None else v for k, v in metrics.items()}
 
 
 def resolved(method: Method, cfg: Any) -> Any:
@@ -96,6 +107,7 @@ def fit(
         global_batch=run.batch_size,
         world=run.num_workers,
         batch_class=plan.batch_class,
+        bad_images_dir=storage.join(run_dir, BAD_IMAGES_DIR),
     )
     log.info("training %s %s → %s", method.name, name, run_dir)
     launched = launch_torch_trainer(
@@ -126,5 +138,42 @@ def fit(
         checkpoint_metric=plan.metric,
         info=dict(plan.info),
     )
+    record_bad_images(
+        result,
+        run.bad_image_limit(steps_per_epoch(num_train, run.batch_size) * run.batch_size),
+        run.epochs,
+    )
     method.finish(cfg, plan, result)
     return result
+
+
+class BadImagesError(ValueError):
+    """The run stopped: more unreadable training images than ``run.max_bad_images`` allows."""
+
+
+def record_bad_images(result: RunResult, limit: int, epochs: int) -> None:
+    """List the images the run skipped in ``bad_images.json``; stop with one line naming the
+    first few when the training split had more than ``limit`` (the workers stopped early)."""
+    from core.train.image_data import read_bad_images
+
+    bad = read_bad_images(storage.join(result.run_dir, BAD_IMAGES_DIR))
+    if not bad:
+        return
+    result.bad_images = bad
+    result.bad_images_path = storage.join(result.run_dir, "bad_images.json")
+    storage.write_json(result.bad_images_path, {"skipped": bad})
+    train = [b for b in bad if b["split"] == "train"]
+    log.warning(
+        "%s: skipped %d unreadable images (%d in train), listed in %s",
+        result.name,
+        len(bad),
+        len(train),
+        result.bad_images_path,
+    )
+    if len(result.history) < epochs and len(train) > limit:
+        named = ", ".join(f"{b['path']} ({b['reason']})" for b in train[:3])
+        more = f" and {len(train) - 3} more" if len(train) > 3 else ""
+        raise BadImagesError(
+            f"run.max_bad_images: {len(train)} training images cannot be read, more than the "
+            f"{limit} allowed: {named}{more}; all are listed in {result.bad_images_path}"
+        )

@@ -45,6 +45,35 @@ def _checkpoint_uri(run_dir: str, checkpoint: Any) -> str:
     return checkpoint.path
 
 
+def remove_unrecorded_checkpoints(run_dir: str, keep: set[str]) -> list[str]:
+    """Delete the run folder's ``checkpoint_*`` folders whose names are not in ``keep``.
+
+    Ray Train deletes the checkpoints it no longer keeps, but a folder written by a worker and not
+    yet recorded when the run was killed is in no record, so nothing would ever delete it and the
+    run would hold more than ``keep_checkpoints``. Returns the names removed.
+    """
+    removed = []
+    for name in storage.list_dirs(run_dir, prefix="checkpoint_"):
+        if name not in keep:
+            storage.remove_tree(storage.join(run_dir, name))
+            removed.append(name)
+    if removed:
+        log.info(
+            "%s: removed %d checkpoint folder(s) Ray Train does not list: %s",
+            run_dir,
+            len(removed),
+            ", ".join(removed),
+        )
+    return removed
+
+
+def recorded_checkpoints(result: Any) -> set[str]:
+    """Folder names of the checkpoints Ray Train's result lists: the kept best and the latest."""
+    checkpoints = [c for c, _ in (result.best_checkpoints or [])]
+    checkpoints.append(result.checkpoint)
+    return {posixpath.basename(c.path.rstrip("/")) for c in checkpoints if c is not None}
+
+
 def _trainer_class(callbacks: list[Any]) -> Any:
     """TorchTrainer, or one without Ray's placement-group cleaner when a callback replaces it.
 
@@ -115,6 +144,9 @@ def launch_torch_trainer(
     result = trainer.fit()
     seconds = time.perf_counter() - start
     log.info("%s finished in %.1f s", name, seconds)
+    keep = recorded_checkpoints(result)
+    if keep:  # with no record at all, deleting would be guessing
+        remove_unrecorded_checkpoints(run_dir, keep)
     best = result.get_best_checkpoint(metric=metric, mode=mode) if result.best_checkpoints else None
     return LaunchResult(
         run_dir=run_dir,

@@ -1,22 +1,26 @@
 """The pieces every Ray Train worker of this project shares, whatever it trains.
 
 The training stream cut into epochs, optimizer and schedule, precision, scalar all-reduce,
-resume from a checkpoint, the per-epoch report with its checkpoint and ``metrics.jsonl``, and the
-test-only fault injection. Kept free of model imports so that a worker loads only the model
-stack it uses.
+resume from the newest readable checkpoint, the per-epoch report with its checkpoint and
+``metrics.jsonl``, and the test-only fault injection. Kept free of model imports so that a
+worker loads only the model stack it uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import logging
 import os
+import pickle
+import posixpath
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 FAULT_MARKER = "_fault_injected"
+STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "history")
+CHECKPOINT_PREFIX = "checkpoint_"
 
 
 def train_epochs(
@@ -107,20 +113,150 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint's training state that cannot be resumed from; the message says why."""
+
+
+def read_training_state(fs: pafs.FileSystem, folder: str) -> dict[str, Any]:
+    """The training state in ``folder`` (a path inside ``fs``), loaded as tensors only.
+
+    ``weights_only=True`` is explicit, so a state file holding pickled code is refused even with
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` set. A truncated, foreign or incomplete file raises
+    :class:`UnreadableCheckpoint` with a one-line reason.
+    """
+    path = posixpath.join(folder, STATE_FILE)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with fs.open_input_file(path) as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused, reason = storage.torch_load_failure(exc)
+        if refused:
+            reason = f"refused: holds pickled objects other than tensors ({reason})"
+        raise UnreadableCheckpoint(reason) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UnreadableCheckpoint(reason) from None
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint("not a training state (no mapping)")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise UnreadableCheckpoint(f"no {', '.join(missing)} entry")
+    return state
+
+
+def _check_fits(state: dict[str, Any], model: nn.Module) -> None:
+    """Refuse a state whose model weights do not fit ``model`` before anything is loaded (a
+    failed ``load_state_dict`` would leave the model half-overwritten)."""
+    weights, expected = state["model"], model.state_dict()
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        raise UnreadableCheckpoint("its model weights have other names than this model's")
+    wrong = [k for k, v in expected.items() if getattr(weights[k], "shape", None) != v.shape]
+    if wrong:
+        raise UnreadableCheckpoint(f"its model weights have other shapes ({wrong[0]})")
+
+
+def _epoch_hint(fs: pafs.FileSystem, folder: str) -> int:
+    """The epoch a checkpoint's ``meta.json`` names (cheap to read), or -1."""
+    try:
+        with fs.open_input_file(posixpath.join(folder, "meta.json")) as f:
+            return int(json.loads(f.read()).get("epoch", -1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return -1
+
+
+def checkpoint_candidates(fs: pafs.FileSystem, run_dir: str, exclude: str = "") -> list[str]:
+    """The run folder's ``checkpoint_*`` folders other than ``exclude``, newest first: by the
+    epoch their ``meta.json`` names, then by name (Ray Train names them by time)."""
+    if fs.get_file_info(run_dir).type != pafs.FileType.Directory:
+        return []
+    folders = [
+        item.path
+        for item in fs.get_file_info(pafs.FileSelector(run_dir))
+        if item.type == pafs.FileType.Directory
+        and item.base_name.startswith(CHECKPOINT_PREFIX)
+        and item.path.rstrip("/") != exclude.rstrip("/")
+    ]
+    return sorted(folders, key=lambda f: (_epoch_hint(fs, f), posixpath.basename(f)), reverse=True)
+
+
+def find_resume_state(
+    fs: pafs.FileSystem, latest: str, run_dir: str, model: nn.Module
+) -> tuple[dict[str, Any] | None, str, list[tuple[str, str]]]:
+    """(state, its folder, [(unreadable folder, why), ...]) for the newest usable checkpoint.
+
+    ``latest`` (Ray Train's latest checkpoint) is tried first, then the run folder's other
+    checkpoints newest first; ``(None, "", failures)`` when none is usable.
+    """
+    failures: list[tuple[str, str]] = []
+    for folder in [latest, *checkpoint_candidates(fs, run_dir, exclude=latest)]:
+        try:
+            state = read_training_state(fs, folder)
+            _check_fits(state, model)
+            return state, folder, failures
+        except UnreadableCheckpoint as exc:
+            failures.append((folder, str(exc)))
+    return None, "", failures
+
+
+def _same_on_every_rank(epoch: int, device: torch.device) -> None:
+    """Every worker must resume from the same epoch, or DDP would mix two models."""
+    if group_size() <= 1:
+        return
+    values = torch.tensor([epoch, -epoch], dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    if int(values[0]) != epoch or int(-values[1]) != epoch:
+        raise RuntimeError(
+            f"workers found different checkpoints to resume from (epochs {int(-values[1])} to "
+            f"{int(values[0])}); is the run folder's storage shared by every node?"
+        )
+
+
 def restore(
-    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rank: int,
+    run_dir: str | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Load Ray Train's latest checkpoint if there is one: (first epoch to run, history so far)."""
+    """Resume from Ray Train's latest checkpoint: (first epoch to run, history so far).
+
+    An unreadable latest checkpoint (truncated, not a torch file, missing entries, another
+    model's weights) does not fail the run, which Ray Train would retry to the same failure:
+    the newest readable ``checkpoint_*`` folder of the run folder (``run_dir``, default the
+    latest checkpoint's parent) is used instead, with one warning line; with none, training
+    starts from scratch, also with one warning line.
+    """
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
         return 0, []
-    with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu")
-    model.load_state_dict(state["model"])
+    fs, latest = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    if run_dir:
+        fs, run_inner = storage.resolve(run_dir)
+    else:
+        run_inner = posixpath.dirname(latest)
+    state, used, failures = find_resume_state(fs, latest, run_inner, model)
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    _same_on_every_rank(state["epoch"] if state else -1, device)
+    say = log.warning if rank == 0 else log.debug
+    if failures:
+        bad, why = failures[0]
+        others = f" ({len(failures) - 1} more unreadable)" if len(failures) > 1 else ""
+        where = (
+            f"resuming from {posixpath.join(used, STATE_FILE)}"
+            if state
+            else "no readable checkpoint left: training from scratch"
+        )
+        say("%s is unreadable (%s)%s; %s", posixpath.join(bad, STATE_FILE), why, others, where)
+    if state is None:
+        return 0, []
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    model.load_state_dict(state["model"])
     log.info("rank %d resumed after epoch %d", rank, state["epoch"])
     return state["epoch"] + 1, state["history"]
 
@@ -164,7 +300,9 @@ def report_epoch(
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, os.path.join(folder, STATE_FILE))
         write_extra(folder)
-        lines = "".join(json.dumps(m) + "\n" for m in history)
+        # NaN stays NaN here until engine.read_history turns null back into NaN: the readers
+        # of the history (job summaries, best-val selection) do arithmetic on these values.
+        lines = "".join(storage.dumps_json(m) + "\n" for m in history)
         storage.write_bytes(storage.join(run_dir, METRICS_FILE), lines.encode())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 

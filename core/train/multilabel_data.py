@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import timm
 import torch
 from torchvision import transforms as T
@@ -216,31 +217,28 @@ def build_multilabel_transforms(
 
 
 class TransformMultiLabelImages(TransformImages):
-    """Ray Data batch function: (row, epoch) → images [B, 3, S, S] and targets [B, L].
+    """Ray Data batch function: (row, epoch) → images [B, 3, S, S], targets [B, L] and ``valid``.
 
-    Decoding and the per-row seeded transform are :class:`TransformImages`'; the targets are
-    looked up by row, so a worker never needs the manifest.
+    Decoding, the per-row seeded transform and the handling of unreadable images are
+    :class:`TransformImages`'; the targets come from the split's ``labels`` list column (the
+    sparse rows, as Arrow offsets + values) taken by row, so a worker never needs the manifest.
     """
 
-    def __init__(
-        self,
-        rows: MultiLabelRows,
-        transform: Callable,
-        seed: int,
-        max_side: int = 1024,
-    ) -> None:
-        row_index = pa.array(np.arange(len(rows), dtype=np.int64))
-        indexed = rows.table().append_column("label", row_index)  # the base class's "label"
-        super().__init__(indexed, transform, seed, max_side)
-        self.rows = MultiLabelRows([], [], rows.offsets, rows.label_index, rows.num_labels)
-
     @classmethod
-    def for_split(
-        cls, rows: MultiLabelRows, transform: Callable, seed: int
-    ) -> TransformMultiLabelImages:
-        return cls(rows, transform, seed)
+    def row_table(cls, rows: MultiLabelRows) -> pa.Table:
+        """id, path and each row's label columns as a list (``offsets`` / ``label_index``
+        become the list's offsets and values without a copy); the label count rides in the
+        schema metadata."""
+        labels = pa.LargeListArray.from_arrays(
+            pa.array(rows.offsets, pa.int64()), pa.array(rows.label_index, pa.int32())
+        )
+        table = rows.table().append_column("labels", labels)
+        return table.replace_schema_metadata({"num_labels": str(rows.num_labels)})
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = super().__call__(batch)
-        out["targets"] = self.rows.dense(np.asarray(out.pop("label"), dtype=np.int64))
-        return out
+    def targets(self, taken: pa.Table) -> dict[str, np.ndarray]:
+        labels = taken.column("labels").combine_chunks()
+        num_labels = int(taken.schema.metadata[b"num_labels"])
+        out = np.zeros((len(labels), num_labels), dtype=np.float32)
+        owner = pc.list_parent_indices(labels).to_numpy()
+        out[owner, pc.list_flatten(labels).to_numpy()] = 1.0
+        return {"targets": out}

@@ -4,7 +4,10 @@
 folder and the method's payload. Each epoch the worker trains on its own deterministic stream
 (:mod:`core.train.image_data`), adds up the method's step sums on the device (no host
 synchronisation per step), all-reduces them once, evaluates its share of each evaluation split,
-and reports the epoch's metrics with a checkpoint (rank 0 writes it). The checkpoint holds
+and reports the epoch's metrics with a checkpoint (rank 0 writes it). Rows whose image could
+not be decoded arrive with ``valid == 0``: methods leave them out of their losses and metrics,
+the epoch counts them (``skipped_images``), and past ``run.max_bad_images`` every worker stops
+before reporting that epoch. The checkpoint holds
 model, optimizer, scheduler, epoch and the metric history, so a restarted worker group resumes
 at the next epoch and ``metrics.jsonl`` lists every epoch exactly once.
 """
@@ -64,15 +67,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     encoder, head = part.param_groups(core_model)
     optimizer, scheduler = build_optimizer(encoder, head, cfg.optim, steps, run.epochs)
     scaler = grad_scaler(ctx.device, run.amp)
-    start_epoch, history = restore(core_model, optimizer, scheduler, ctx.rank)
+    start_epoch, history = restore(core_model, optimizer, scheduler, ctx.rank, ctx.run_dir)
 
     local_batch = run.batch_size // ctx.world
     fault_step = min(1, steps - 1)
+    limit = run.bad_image_limit(steps * run.batch_size)
     for epoch, batches in train_epochs(ctx.rank, start_epoch, run.epochs, local_batch, steps):
         epoch_start = time.perf_counter()
         part.start_epoch(epoch)
         model.train()
         totals: dict[str, torch.Tensor] = {}
+        skipped = torch.zeros((), dtype=torch.float64, device=ctx.device)
         done = 0
         for step, batch in enumerate(batches):
             if step == fault_step:
@@ -87,13 +92,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for key, value in result.sums.items():
                 value = value.detach().to(torch.float64)
                 totals[key] = totals[key] + value if key in totals else value
+            if "valid" in batch:
+                skipped += (batch["valid"] == 0).sum().to(ctx.device, torch.float64)
             done += 1
         train_seconds = time.perf_counter() - epoch_start
         keys = sorted(totals)
-        summed = ctx.all_reduce_sum([float(v) for v in _stack(totals, keys)])
+        *summed, group_skipped = ctx.all_reduce_sum(
+            [float(v) for v in _stack(totals, keys)] + [float(skipped)]
+        )
+        if group_skipped > limit:
+            # Every worker has the same sum, so all stop here together, before the report
+            # barrier; the driver names the files (core.train.engine).
+            return
         metrics: dict[str, Any] = {
             "epoch": epoch,
             **part.train_metrics(dict(zip(keys, summed, strict=True)), max(done, 1)),
+            "skipped_images": int(group_skipped),
             "lr_encoder": optimizer.param_groups[0]["lr"],
             "lr_head": optimizer.param_groups[1]["lr"],
             "train_seconds": train_seconds,

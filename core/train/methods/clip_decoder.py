@@ -126,7 +126,7 @@ def score_split(
     amp: bool,
 ) -> dict[str, np.ndarray]:
     """This worker's share of a split: rows, one score matrix per label set, and targets."""
-    rows, targets = [], []
+    rows, targets, valid = [], [], []
     scores: list[list[np.ndarray]] = [[] for _ in label_sets]
     model.eval()
     with torch.no_grad():
@@ -138,9 +138,12 @@ def score_split(
                 out.append(value.float().cpu().numpy())
             rows.append(batch["row"].cpu().numpy())  # Ray Train moves batches to the GPU
             targets.append(batch["targets"].cpu().numpy().astype(np.uint8))
+            ok = batch["valid"].cpu().numpy() if "valid" in batch else np.ones(len(images))
+            valid.append(ok.astype(np.uint8))
     num_labels = [int(s.shape[0]) for s in label_sets]
     return {
         "row": np.concatenate(rows) if rows else np.zeros(0, np.int64),
+        "valid": np.concatenate(valid) if valid else np.zeros(0, np.uint8),
         "targets": np.concatenate(targets) if targets else np.zeros((0, num_labels[-1]), np.uint8),
         **{
             f"scores{i}": np.concatenate(s) if s else np.zeros((0, n), np.float32)
@@ -231,25 +234,42 @@ class ClipDecoderWorker(MethodWorker):
         cfg, ctx = self.cfg, self.ctx
         images = batch["image"].to(ctx.device, non_blocking=True)
         targets = batch["targets"].to(ctx.device, non_blocking=True)
+        # Unreadable images (valid == 0) are left out of both terms.
+        weights = batch["valid"].to(ctx.device, torch.float32) if "valid" in batch else None
+        rows: Any = float(images.shape[0])  # this worker's share of the group's usable rows
         share, alpha_w, beta_w = 1.0, cfg.alpha, cfg.beta
-        if ctx.world > 1:  # the group's positives set this worker's loss weights
-            num_seen = len(self.labels.seen)
-            positives = float((targets[:, :num_seen] > 0).any(dim=1).sum())
-            group = ctx.all_reduce_sum([positives])[0]
+        if ctx.world > 1:  # the group's positives and rows set this worker's loss weights
+            usable = targets[:, : len(self.labels.seen)] > 0
+            if weights is not None:
+                usable = usable & (weights > 0)[:, None]
+                rows = float(weights.sum())
+            positives = float(usable.any(dim=1).sum())
+            group, group_rows = ctx.all_reduce_sum([positives, rows])
             alpha_w, beta_w = group_loss_weights(
                 cfg.alpha, cfg.beta, cfg.cls_reduction, positives, group, ctx.world
             )
             share = positives / group if group > 0 else 1.0 / ctx.world
+            rows = group_rows / ctx.world
+        elif weights is not None:
+            rows = weights.sum()
+        # ASL is summed here; "mean" divides by the share of usable rows x labels, so that
+        # DDP's average over workers is the global batch's mean.
+        cls_scale = 1.0
+        if cfg.cls_reduction == "mean":
+            cls_scale = 1.0 / (max(rows, 1.0) if isinstance(rows, float) else rows.clamp(min=1))
+            cls_scale = cls_scale / len(self.labels.seen)
+        kwargs = {**self.loss_kwargs, "cls_reduction": "sum", "weights": weights}
         terms, _ = seen_label_loss(
-            model, images, self.all_emb, targets, self.seen_idx, alpha_w, beta_w,
-            **self.loss_kwargs,
+            model, images, self.all_emb, targets, self.seen_idx, alpha_w, beta_w * cls_scale,
+            **kwargs,
         )  # fmt: skip
+        cls = terms["cls"].detach().to(torch.float64) * cls_scale
         cls_share = 1 if cfg.cls_reduction == "sum" else ctx.world
         return StepResult(
             terms["loss"],
             {
                 "clip": terms["clip"].detach().to(torch.float64) * share,
-                "cls": terms["cls"].detach().to(torch.float64) / cls_share,
+                "cls": cls / cls_share,
             },
         )
 
@@ -268,13 +288,15 @@ class ClipDecoderWorker(MethodWorker):
         merged = gather_to_rank0(part, ctx.rank, ctx.world)
         if merged is None:
             return {}
-        return zsl_gzsl_metrics(
-            merged["scores0"],
-            merged["scores1"],
-            merged["targets"],
+        ok = merged["valid"] > 0  # unreadable images are left out of the metrics
+        metrics = zsl_gzsl_metrics(
+            merged["scores0"][ok],
+            merged["scores1"][ok],
+            merged["targets"][ok],
             self.labels.unseen_idx,
             prefix=f"{split}_",
         )
+        return {**metrics, f"{split}_skipped": int((~ok).sum())}
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"label_embeddings": self.embeddings}
@@ -295,7 +317,7 @@ class ClipDecoderWorker(MethodWorker):
             "metrics": metrics,
         }
         with open(os.path.join(folder, META_FILE), "w") as f:
-            json.dump(meta, f, indent=1)
+            f.write(storage.dumps_json(meta, indent=1))
 
 
 def load_clip_decoder(checkpoint_dir: str) -> tuple[Any, dict[str, Any], torch.Tensor]:

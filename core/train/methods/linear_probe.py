@@ -2,8 +2,8 @@
 
 The baseline CLIP users compare fine-tuning against: the encoder's weights never change, so the
 probe measures what the (pretrained) embedding already separates. Checkpoints are classifier
-checkpoints (``model.pt`` + ``meta.json``), so the prediction job reads them as it reads the
-regularized method's.
+checkpoints (``model.safetensors`` + ``meta.json``), so the prediction job reads them as it
+reads the regularized method's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from core.train.methods.regularized import (
     classify_split,
     count_correct,
     resolve_classifier_inputs,
+    row_weights,
+    usable_rows,
 )
 
 
@@ -52,15 +54,21 @@ class LinearProbeWorker(MethodWorker):
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepResult:
         images = batch["image"].to(self.ctx.device, non_blocking=True)
         labels = batch["label"].to(self.ctx.device)
+        weights, count = row_weights(batch, self.ctx)
         logits, _ = model(images)
-        ce = F.cross_entropy(logits.float(), labels)
-        n = labels.numel()
+        per_row = F.cross_entropy(logits.float(), labels, reduction="none")
+        n = usable_rows(weights, labels.numel(), self.ctx.device)
+        if weights is None:
+            ce, total = per_row.mean(), per_row.detach().sum()
+        else:
+            total = (per_row * weights).sum()
+            ce = total / count
         return StepResult(
             ce,
             {
-                "ce": ce.detach().to(torch.float64) * n,
-                "correct": count_correct(logits, labels),
-                "n": torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device),
+                "ce": total.detach().to(torch.float64),
+                "correct": count_correct(logits, labels, weights),
+                "n": n,
             },
         )
 

@@ -38,9 +38,34 @@ def load_means_for(cfg: TrainRegularizedConfig, path: str, classes: list[str]) -
     return means.means.float()
 
 
-def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Correct top-1 predictions as a float64 0-d tensor (stays on the device)."""
-    return (logits.argmax(dim=1) == labels).sum().to(torch.float64)
+def count_correct(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Correct top-1 predictions (of the rows of weight 1) as a float64 0-d tensor (stays on
+    the device)."""
+    hits = (logits.argmax(dim=1) == labels).to(torch.float64)
+    return (hits if weights is None else hits * weights.to(torch.float64)).sum()
+
+
+def row_weights(batch: dict[str, torch.Tensor], ctx: WorkerContext) -> tuple[Any, Any]:
+    """(weights, count) for a batch that may hold unreadable images (``valid == 0``).
+
+    ``count`` is this worker's share of the group's usable rows, so a loss divided by it and
+    averaged by DDP is the global batch's mean: N workers train like one. (None, None) for a
+    batch without the column.
+    """
+    if "valid" not in batch:
+        return None, None
+    weights = batch["valid"].to(ctx.device, torch.float32)
+    count = (ctx.group_sum(weights.sum()) / ctx.world).clamp(min=1.0 / ctx.world)
+    return weights, count
+
+
+def usable_rows(weights: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """The number of rows that count, as a float64 0-d tensor."""
+    if weights is None:
+        return torch.tensor(float(n), dtype=torch.float64, device=device)
+    return weights.sum().to(torch.float64)
 
 
 def classify_split(
@@ -50,18 +75,25 @@ def classify_split(
     from core.train.loop_parts import autocast
 
     correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    count = 0
+    count = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    rows = 0
     model.eval()
     with torch.no_grad():
         for batch in batches:
             images = batch["image"].to(ctx.device, non_blocking=True)
             labels = batch["label"].to(ctx.device)
+            # No collective per batch here: workers may hold different numbers of eval batches.
+            weights = batch["valid"].to(ctx.device, torch.float32) if "valid" in batch else None
             with autocast(ctx.device, ctx.amp):
                 logits, _ = model(images)
-            correct += count_correct(logits, labels)
-            count += int(labels.numel())
-    total_correct, total = ctx.all_reduce_sum([float(correct), float(count)])
-    return {f"{split}_acc": total_correct / total if total else float("nan")}
+            correct += count_correct(logits, labels, weights)
+            count += usable_rows(weights, labels.numel(), ctx.device)
+            rows += int(labels.numel())
+    total_correct, total, total_rows = ctx.all_reduce_sum([float(correct), float(count), rows])
+    return {
+        f"{split}_acc": total_correct / total if total else float("nan"),
+        f"{split}_skipped": int(total_rows - total),
+    }
 
 
 class RegularizedWorker(MethodWorker):
@@ -73,12 +105,7 @@ class RegularizedWorker(MethodWorker):
         self.cfg, self.ctx = cfg, ctx
         self.classes: list[str] = payload["classes"]
         self.means = load_means_for(cfg, payload["class_means"], self.classes).to(ctx.device)
-        self.model, bundle = build_classifier(cfg.clip, len(self.classes))
-        if self.means.shape[1] != bundle.embed_dim:
-            raise ValueError(
-                f"class means have dimension {self.means.shape[1]} but {cfg.clip.model_name} "
-                f"embeds images in {bundle.embed_dim}; build the means with the same CLIP model"
-            )
+        self.model, _ = build_classifier(cfg.clip, len(self.classes))  # widths checked in plan
 
     def param_groups(self, model: torch.nn.Module) -> tuple[Any, Any]:
         return model.encoder.parameters(), model.head.parameters()
@@ -88,16 +115,19 @@ class RegularizedWorker(MethodWorker):
 
         images = batch["image"].to(self.ctx.device, non_blocking=True)
         labels = batch["label"].to(self.ctx.device)
+        weights, count = row_weights(batch, self.ctx)
         logits, x = model(images)
-        terms = regularized_ce_loss(logits, x, labels, self.means, self.cfg.alpha)
-        n = labels.numel()
+        terms = regularized_ce_loss(logits, x, labels, self.means, self.cfg.alpha, weights, count)
+        n = usable_rows(weights, labels.numel(), self.ctx.device)
+        # ce and reg are sums over the usable rows divided by this worker's share (count).
+        share = n if count is None else count.to(torch.float64)
         return StepResult(
             terms["loss"],
             {
-                "ce": terms["ce"].detach().to(torch.float64) * n,
-                "reg": terms["reg"].detach().to(torch.float64) * n,
-                "correct": count_correct(logits, labels),
-                "n": torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device),
+                "ce": terms["ce"].detach().to(torch.float64) * share,
+                "reg": terms["reg"].detach().to(torch.float64) * share,
+                "correct": count_correct(logits, labels, weights),
+                "n": n,
             },
         )
 
@@ -168,11 +198,19 @@ class RegularizedMethod(Method, name="regularized", config_class=TrainRegularize
         return classifier_metric(cfg.manifest)
 
     def plan(self, cfg: TrainRegularizedConfig, run_dir: str) -> RunPlan:
-        from core.models.open_clip_models import build_transforms
+        from core.models.open_clip_models import build_transforms, embed_dim_of
         from core.train.image_data import load_splits
 
         classes, splits = load_splits(cfg.manifest)
-        load_means_for(cfg, cfg.class_means, classes)  # fail here, before any worker starts
+        # Fail here, before any worker starts (Ray Train would retry a worker's error).
+        means = load_means_for(cfg, cfg.class_means, classes)
+        width = embed_dim_of(cfg.clip.model_name)
+        if means.shape[1] != width:
+            raise ValueError(
+                f"{cfg.class_means}: class means have dimension {means.shape[1]} but "
+                f"{cfg.clip.model_name} embeds images in {width}; build the means with the same "
+                "CLIP model"
+            )
         train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
         metric, mode = self.checkpoint_metric(cfg)
         return RunPlan(
