@@ -8,8 +8,18 @@ subset and a key prefix so both come out as flat keys (``zsl_map``, ``gzsl_f1_3`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
+
+#: How mAP treats a label without positives among the evaluated images. ``reference``: its AP
+#: counts 0 and the mean is over all labels, as the NUS-WIDE ZSL reference evaluation does (its
+#: ``compute_AP`` starts every AP at 0, skips labels without positives, then averages all).
+#: Published ZSL / GZSL mAPs are on this scale. ``skip_empty``: such labels are left out of the
+#: mean (their AP is undefined), as averaging sklearn's ``average_precision_score`` over the
+#: labels it defines; never lower than ``reference``.
+MapProtocol = Literal["reference", "skip_empty"]
+MAP_PROTOCOLS: tuple[str, ...] = get_args(MapProtocol)
 
 
 def _as_2d(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,19 +69,37 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+def mean_average_precision(
+    scores: np.ndarray, targets: np.ndarray, protocol: MapProtocol = "reference"
+) -> float:
     """Mean over labels of the per-label AP (see :func:`average_precision`).
 
-    ``scores`` [N, L] (higher = more likely), ``targets`` [N, L] 0/1. Labels with no positive
-    among the N images are skipped (their AP is undefined); NaN if no label has a positive.
+    ``scores`` [N, L] (higher = more likely), ``targets`` [N, L] 0/1. A label with no positive
+    among the N images counts 0 (``protocol="reference"``) or is left out (``"skip_empty"``); see
+    :data:`MapProtocol`. NaN under both when no label has a positive: there is nothing to rank.
     """
     scores, positives = _as_2d(scores, targets)
-    aps = [
-        average_precision(scores[:, j], positives[:, j])
-        for j in range(scores.shape[1])
-        if positives[:, j].any()
-    ]
-    return float(np.mean(aps)) if aps else float("nan")
+    return _mean_ap(_label_aps(scores, positives), protocol)
+
+
+def _label_aps(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """Per-label AP [L]; NaN for a label without positives."""
+    return np.array(
+        [average_precision(scores[:, j], positives[:, j]) for j in range(scores.shape[1])],
+        dtype=np.float64,
+    )
+
+
+def _mean_ap(aps: np.ndarray, protocol: str) -> float:
+    """Average per-label APs (NaN = no positives) under ``protocol``."""
+    if protocol not in MAP_PROTOCOLS:
+        raise ValueError(f"map protocol must be one of {MAP_PROTOCOLS}, got {protocol!r}")
+    defined = ~np.isnan(aps)
+    if not defined.any():
+        return float("nan")
+    if protocol == "reference":
+        return float(np.where(defined, aps, 0.0).mean())
+    return float(aps[defined].mean())
 
 
 def precision_recall_f1_at_k(scores: np.ndarray, targets: np.ndarray, k: int) -> dict[str, float]:
@@ -104,12 +132,15 @@ def multilabel_metrics(
     label_idx: Sequence[int] | np.ndarray | None = None,
     prefix: str = "zsl",
     ks: Sequence[int] = (3, 5),
+    map_protocol: MapProtocol = "reference",
 ) -> dict[str, float]:
     """mAP and P/R/F1@k on a label subset, as flat keys ``{prefix}_map``, ``{prefix}_p3``,
     ``{prefix}_r3``, ``{prefix}_f1_3``, ``{prefix}_p5`` ...
 
     ``label_idx`` picks the columns to evaluate (ZSL: the unseen labels; GZSL: all, ``None``).
     Scores of the other labels play no part, so ZSL top-k is among unseen labels only.
+    ``{prefix}_map`` follows ``map_protocol``; ``{prefix}_map_reference`` and
+    ``{prefix}_map_skip_empty`` give both, so a table can quote either.
     """
     scores, positives = _as_2d(scores, targets)
     if label_idx is not None:
@@ -119,7 +150,12 @@ def multilabel_metrics(
         if idx.min() < 0 or idx.max() >= scores.shape[1]:
             raise ValueError(f"label_idx out of range for {scores.shape[1]} labels")
         scores, positives = scores[:, idx], positives[:, idx]
-    out = {f"{prefix}_map": mean_average_precision(scores, positives)}
+    if map_protocol not in MAP_PROTOCOLS:
+        raise ValueError(f"map_protocol must be one of {MAP_PROTOCOLS}, got {map_protocol!r}")
+    aps = _label_aps(scores, positives)  # once: NUS-WIDE's GZSL ranks 1006 labels per epoch
+    by_protocol = {p: _mean_ap(aps, p) for p in MAP_PROTOCOLS}
+    out = {f"{prefix}_map": by_protocol[map_protocol]}
+    out.update({f"{prefix}_map_{p}": value for p, value in by_protocol.items()})
     for k in ks:
         prf = precision_recall_f1_at_k(scores, positives, k)
         out[f"{prefix}_p{k}"] = prf["p"]

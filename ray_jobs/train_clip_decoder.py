@@ -27,14 +27,25 @@ def train(cfg: ClipDecoderTrainConfig) -> RunResult:
 
 
 def format_table(final: dict) -> str:
-    """ZSL / GZSL rows of percentages; '-' where a metric is undefined (e.g. k > labels)."""
+    """ZSL / GZSL rows of percentages; '-' where a metric is undefined (e.g. k > labels).
+
+    The header names the mAP protocol, since the two differ whenever a label has no positive.
+    """
 
     def cell(value: float | None) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return f"{'-':>7}"
         return f"{100 * value:7.2f}"
 
-    lines = [f"{'':6}" + "".join(f"{name:>7}" for name, _ in COLUMNS)]
+    protocol = final.get("map_protocol", "skip_empty")
+    rule = {
+        "reference": "AP averaged over all labels, a label without positives counting 0",
+        "skip_empty": "AP averaged over the labels with positives only",
+    }.get(protocol, "")
+    lines = [
+        f"mAP protocol: {protocol} ({rule})",
+        f"{'':6}" + "".join(f"{name:>7}" for name, _ in COLUMNS),
+    ]
     for row in ("zsl", "gzsl"):
         lines.append(
             f"{row.upper():6}" + "".join(cell(final.get(f"{row}_{key}")) for _, key in COLUMNS)

@@ -1,17 +1,34 @@
-"""The batch-to-rows captioner: prompts, numbered lists, error rows, per-image retry."""
+"""The batch-to-rows captioner: prompts, numbered lists, error rows, per-image retry; decoding
+settings and per-image sampling seeds."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
-from core.captioning.base import CaptionModel, split_numbered_list
-from core.captioning.captioner import CAPTION_SCHEMA, Captioner
+from core.captioning.base import (
+    CaptionModel,
+    GenerationSettings,
+    generate_rows,
+    row_seed,
+    split_numbered_list,
+)
+from core.captioning.captioner import CAPTION_SCHEMA, Captioner, build_caption_model
 from core.captioning.reference import ReferenceCaptionModel
-from core.config import CaptionerConfig, ReferenceConfig
+from core.config import (
+    CaptionerConfig,
+    CaptionJobConfig,
+    ConfigError,
+    HFVLMConfig,
+    ReferenceConfig,
+    load_config,
+)
 
 
 @pytest.mark.parametrize(
@@ -122,3 +139,122 @@ def test_block_rows_balance_overhead_and_spread() -> None:
     # ... but never below one batch.
     assert plan_block_rows(10, 8, 8, 4) == 8
     assert plan_block_rows(0, 8, 8, 1) == 8
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding settings
+# --------------------------------------------------------------------------------------------
+
+
+def test_greedy_kwargs_are_the_old_ones_and_sampling_is_the_official_demo() -> None:
+    # Greedy passes exactly what it always did: no sampling knob, no repetition penalty.
+    assert GenerationSettings(max_new_tokens=7, num_beams=2).generate_kwargs() == {
+        "max_new_tokens": 7,
+        "num_beams": 2,
+        "do_sample": False,
+    }
+    rp = GenerationSettings(repetition_penalty=1.05).generate_kwargs()
+    assert rp["repetition_penalty"] == 1.05 and rp["do_sample"] is False
+    # MiniGPT-4's Chat.answer_prepare: do_sample, top_p 0.9, temperature 1.0, num_beams 1,
+    # repetition_penalty 1.05, min_length 1, max_new_tokens 300; top_k is transformers' 50.
+    official = GenerationSettings(
+        max_new_tokens=300, decoding="sample", repetition_penalty=1.05
+    ).generate_kwargs()
+    assert official == {
+        "max_new_tokens": 300,
+        "num_beams": 1,
+        "do_sample": True,
+        "top_p": 0.9,
+        "top_k": 50,
+        "temperature": 1.0,
+        "repetition_penalty": 1.05,
+        "min_new_tokens": 1,
+    }
+
+
+def test_row_seed_depends_on_seed_id_and_prompt_only() -> None:
+    base = row_seed(0, "cat/1.png", "Describe.")
+    assert base == row_seed(0, "cat/1.png", "Describe.")
+    others = {
+        row_seed(1, "cat/1.png", "Describe."),
+        row_seed(0, "cat/2.png", "Describe."),
+        row_seed(0, "cat/1.png", "Describe it."),
+    }
+    assert base not in others and len(others) == 3
+    assert all(0 <= s < 2**63 for s in others | {base})
+    # A fixed value: a hash of the text, the same in every process (PYTHONHASHSEED plays no part).
+    digest = hashlib.sha256(b"0\x00cat/1.png\x00Describe.").digest()
+    assert base == int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def test_generate_rows_batches_greedy_and_seeds_each_sampled_row() -> None:
+    calls: list[list[int]] = []
+
+    def fake(rows: list[int]) -> list[str]:
+        calls.append(rows)
+        return [f"{torch.randint(0, 10**9, ()).item()}" for _ in rows]
+
+    cpu = torch.device("cpu")
+    greedy = GenerationSettings()
+    assert len(generate_rows(["a", "b", "c"], ["p"] * 3, greedy, cpu, fake)) == 3
+    assert calls == [[0, 1, 2]]
+    calls.clear()
+    sample = GenerationSettings(decoding="sample", seed=4)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    abc = generate_rows(["a", "b", "c"], ["p"] * 3, sample, cpu, fake)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is left alone
+    assert calls == [[0], [1], [2]]
+    # Row "b" draws the same alone, first, or between other ids.
+    assert generate_rows(["b"], ["p"], sample, cpu, fake) == [abc[1]]
+    assert generate_rows(["c", "b"], ["p"] * 2, sample, cpu, fake) == [abc[2], abc[1]]
+    assert generate_rows(["b"], ["q"], sample, cpu, fake) != [abc[1]]
+
+
+def test_decoding_settings_reach_the_backend_and_are_validated() -> None:
+    cfg = load_config(
+        CaptionerConfig,
+        None,
+        ["decoding=sample", "top_p=0.8", "temperature=0.7", "repetition_penalty=1.1", "seed=5"],
+    )
+    model = build_caption_model(
+        dataclasses.replace(cfg, backend="hf_vlm", hf_vlm=HFVLMConfig(tiny=True)), device="cpu"
+    )
+    assert model.generation == GenerationSettings(
+        max_new_tokens=64,
+        decoding="sample",
+        top_p=0.8,
+        temperature=0.7,
+        repetition_penalty=1.1,
+        seed=5,
+    )
+    for bad in ("top_p=0", "top_p=1.5", "temperature=0", "top_k=-1", "repetition_penalty=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(CaptionerConfig, None, [bad])
+    with pytest.raises(ConfigError, match="decoding"):
+        load_config(CaptionerConfig, None, ["decoding=beam"])
+
+
+@pytest.mark.parametrize(
+    ("path", "section"),
+    [
+        ("caption_minigpt4.yaml", "captioner"),
+        ("captioner/minigpt4_vicuna7b.yaml", ""),
+    ],
+)
+def test_minigpt4_presets_sample_as_the_official_demo(path: str, section: str) -> None:
+    """The paper captions with MiniGPT-4's demo, which samples: its presets do too."""
+    config_dir = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs"
+    if section:
+        cfg = load_config(CaptionJobConfig, config_dir / path).captioner
+    else:
+        cfg = load_config(CaptionerConfig, config_dir / path)
+    official = (cfg.decoding, cfg.top_p, cfg.top_k, cfg.temperature, cfg.repetition_penalty)
+    assert official == ("sample", 0.9, 50, 1.0, 1.05)
+    assert (cfg.num_beams, cfg.max_new_tokens) == (1, 300)
+
+
+@pytest.mark.parametrize("path", ["caption_minigpt4_tiny.yaml", "caption_demo.yaml"])
+def test_tiny_and_demo_presets_stay_greedy(path: str) -> None:
+    config_dir = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs"
+    assert load_config(CaptionJobConfig, config_dir / path).captioner.decoding == "greedy"

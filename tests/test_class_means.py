@@ -256,7 +256,8 @@ def test_mapper_emits_one_row_per_prompt_and_label(embed) -> None:
 def test_job_on_demo_dataset_counts_train_captions(
     ray_local, demo_dataset, tmp_path, embed
 ) -> None:
-    """Caption every split, then average the train split's captions, unnormalised."""
+    """Caption every split, then average the train split's captions with the job's default
+    (raw embeddings, not normalised)."""
     from ray_jobs import caption as caption_job
     from ray_jobs import class_descriptions
 
@@ -271,7 +272,6 @@ def test_job_on_demo_dataset_counts_train_captions(
         [
             f"storage={tmp_path}",
             f"manifest={demo_dataset}",
-            "normalize=false",
             "batch_size=8",
         ]
     )
@@ -297,3 +297,64 @@ def test_job_on_demo_dataset_counts_train_captions(
     assert loaded.means.norm(dim=1).min() > 1.01  # really unnormalised (tiny-CLIP norms ~ 5)
     with pytest.raises(ValueError, match="available prompts"):
         load_class_means(result.output, "no such prompt")
+
+
+# --------------------------------------------------------------------------------------------
+# Both sides of ||x - C[label]||^2 at the same scale
+# --------------------------------------------------------------------------------------------
+
+
+def _demo_sides(demo_dataset: str, normalize: bool, normalize_embedding: bool):
+    """(x [N, D], C[label] [N, D], logits) on the demo's train images: class means of their
+    descriptions (through the job's mapper) and the tiny classifier's embedding x."""
+    from PIL import Image
+
+    from core.models.clip_classifier import build_classifier
+
+    train = read_manifest(demo_dataset, ["train"]).to_pylist()
+    classes = sorted({r["label"] for r in train})
+    mapper = ClassSumsMapper(ClipConfig(), normalize, classes)
+    sums = mapper(
+        pa.table(
+            {
+                "label": [r["label"] for r in train],
+                "prompt": [""] * len(train),
+                "caption": [r["description"] for r in train],
+            }
+        )
+    ).to_pylist()
+    means = {r["label"]: np.asarray(r["sum"]) / r["count"] for r in sums}
+    model, bundle = build_classifier(ClipConfig(), len(classes), normalize_embedding)
+    images = torch.stack(
+        [bundle.eval_transform(Image.open(r["path"]).convert("RGB")) for r in train]
+    )
+    with torch.no_grad():
+        logits, x = model.eval()(images)
+    targets = torch.tensor(np.stack([means[r["label"]] for r in train]), dtype=torch.float32)
+    return x, targets, logits
+
+
+def _mean_norm_ratio(x: torch.Tensor, targets: torch.Tensor) -> float:
+    return float((x.norm(dim=1) / targets.norm(dim=1)).mean())
+
+
+def test_default_means_and_x_have_comparable_norms(demo_dataset) -> None:
+    """The default (raw text embeddings averaged, raw x) puts both sides of the regularizer at
+    one scale: mean ||x|| / ||C[label]|| within [0.5, 2] (tiny CLIP: 0.98). The normalised
+    option is consistent with a unit-norm x (1.07); normalised means against the raw x, the old
+    default, are several times apart (6.4), which this margin catches."""
+    assert ClassMeansJobConfig().normalize is False
+    x, targets, logits = _demo_sides(demo_dataset, normalize=False, normalize_embedding=False)
+    assert 0.5 <= _mean_norm_ratio(x, targets) <= 2.0
+
+    x_unit, unit_means, logits_unit = _demo_sides(
+        demo_dataset, normalize=True, normalize_embedding=True
+    )
+    assert torch.allclose(x_unit.norm(dim=1), torch.ones(len(x_unit)), atol=1e-5)
+    assert torch.all(unit_means.norm(dim=1) <= 1 + 1e-5)
+    assert 0.5 <= _mean_norm_ratio(x_unit, unit_means) <= 2.0
+    # Normalising x changes only what the regularizer sees, never the logits.
+    assert torch.equal(logits_unit, logits)
+    assert_close_rel(x_unit, torch.nn.functional.normalize(x, dim=1), rel=1e-6)
+
+    assert _mean_norm_ratio(x, unit_means) > 2.0  # the mismatch the defaults avoid

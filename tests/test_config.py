@@ -20,6 +20,7 @@ from core.config import (
     parse_overrides,
     to_dict,
 )
+from core.config.pipeline import PipelineJobConfig
 from core.train.registry import get_method
 from core.tune.config import TuneJobConfig
 
@@ -33,6 +34,7 @@ JOB_CONFIGS = {
     "train_clip_decoder_": ClipDecoderTrainConfig,
     "tune_": TuneJobConfig,
     "train_linear_probe_": get_method("linear_probe").config_class,
+    "pipeline_": PipelineJobConfig,
 }
 
 

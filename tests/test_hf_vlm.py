@@ -107,6 +107,21 @@ def test_beam_search_runs(llava_dir: Path, images) -> None:
     assert len(out) == 2 and all(len(d) == 1 and isinstance(d[0], str) for d in out)
 
 
+def test_sampling_is_seeded_by_id_and_needs_ids(llava_dir: Path, images) -> None:
+    settings = GenerationSettings(max_new_tokens=6, decoding="sample", seed=2)
+    model = HFVLMCaptionModel(HFVLMConfig(model_path=str(llava_dir)), settings, device="cpu")
+    prompts = ["Hi.", "Describe this image in great detail, please.", "What is it?"]
+    batched = model.describe_each(images, prompts, ids=["a", "b", "c"])
+    alone = model.describe_each(images[2:], prompts[2:], ids=["c"])
+    assert alone == batched[2:]
+    # Same image and prompt under another id: another seed, another draw.
+    assert model.describe_each(images[2:], prompts[2:], ids=["z"]) != alone
+    with pytest.raises(ValueError, match="pass ids"):
+        model.describe_each(images, prompts)
+    with pytest.raises(ValueError, match="3 images but 2 ids"):
+        model.describe_each(images, prompts, ids=["a", "b"])
+
+
 def test_bad_images_and_dtype_are_rejected() -> None:
     with pytest.raises(ValueError, match="HxWx3"):
         to_pil(np.zeros((8, 8), dtype=np.uint8))

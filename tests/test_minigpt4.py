@@ -498,6 +498,34 @@ def test_describe_greedy_is_deterministic_and_beam_search_runs(parts: Parts, ima
         model.describe(["a"], images, "x")
 
 
+def test_sampling_passes_the_official_settings_one_image_at_a_time(parts: Parts, images) -> None:
+    """decoding=sample: the official Chat.answer_prepare arguments reach the LLM's generate, one
+    image per call (its own seed), and the caller's random state is left as it was."""
+    settings = GenerationSettings(max_new_tokens=6, decoding="sample", repetition_penalty=1.05)
+    model = MiniGPT4CaptionModel(parts.config(), settings)
+    calls: list[dict] = []
+    original = model.llm.generate
+
+    def recording_generate(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    model.llm.generate = recording_generate
+    torch.manual_seed(7)
+    expected_next = torch.rand(2)
+    torch.manual_seed(7)
+    out = model.describe(["a", "b"], images, "What is in the image?")
+    assert torch.equal(torch.rand(2), expected_next)
+    assert len(out) == 2 and [c["inputs_embeds"].shape[0] for c in calls] == [1, 1]
+    official = {"do_sample": True, "top_p": 0.9, "top_k": 50, "temperature": 1.0}
+    official |= {"repetition_penalty": 1.05, "num_beams": 1, "min_new_tokens": 1}
+    for call in calls:
+        assert {k: call[k] for k in official} == official
+        assert call["max_new_tokens"] == 6 and call["stop_strings"] == ["###"]
+    # Image "b" alone draws what it drew second in the batch.
+    assert model.describe(["b"], images[1:], "What is in the image?") == out[1:]
+
+
 @pytest.mark.parametrize("template", ["vicuna", "llama2"])
 def test_tiny_preset_builds_and_runs(images, template: str) -> None:
     cfg = MiniGPT4Config(template=template, tiny=True, seed=3)

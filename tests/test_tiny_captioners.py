@@ -159,3 +159,62 @@ def test_llava_is_seeded_init_after_loading(tmp_path: Path) -> None:
     assert_same_state(loaded, seeded_init_(LlavaForConditionalGeneration(loaded.config), seed))
     captioner = HFVLMCaptionModel(HFVLMConfig(model_path=str(folder)), SETTINGS, device="cpu")
     assert_same_state(captioner.model, loaded)
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling (decoding: sample) is seeded per image: batch, instance and order play no part
+# --------------------------------------------------------------------------------------------
+
+SAMPLED = {
+    "minigpt4-vicuna": {"backend": "minigpt4", "minigpt4": {"tiny": True, "template": "vicuna"}},
+    "llava": {"backend": "hf_vlm", "hf_vlm": {"tiny": True}},
+}
+
+
+def sampling_captioner(preset: str, seed: int):
+    """The job's path: a CaptionerConfig with the official sampling settings -> Captioner."""
+    from core.captioning.captioner import Captioner
+    from core.config import CaptionerConfig, config_from_dict
+
+    values = {
+        **SAMPLED[preset],
+        "prompts": [PROMPT],
+        "max_new_tokens": 16,
+        "decoding": "sample",
+        "repetition_penalty": 1.05,
+        "seed": seed,
+    }
+    return Captioner(config_from_dict(CaptionerConfig, values), device="cpu")
+
+
+def caption_batch(captioner, ids: list[str], images: list[np.ndarray]) -> dict[str, str]:
+    """Caption one batch as map_batches hands it over; id -> caption."""
+    column = np.empty(len(images), dtype=object)
+    for k, image in enumerate(images):
+        column[k] = image
+    batch = {
+        "id": np.array(ids),
+        "label": np.array(["x"] * len(ids)),
+        "image": column,
+        "error": np.array([""] * len(ids)),
+    }
+    rows = captioner(batch).to_pylist()
+    assert all(not r["error"] for r in rows), rows
+    return {r["id"]: r["caption"] for r in rows}
+
+
+@pytest.mark.parametrize("preset", list(SAMPLED))
+def test_sampling_is_seeded_per_image(preset: str) -> None:
+    ids = ["cls/red.png", "cls/blue.png", "cls/checker.png"]
+    images = IMAGES[:3]
+    first = sampling_captioner(preset, seed=0)
+    together = caption_batch(first, ids, images)
+    alone: dict[str, str] = {}
+    for image_id, image in zip(ids, images, strict=True):
+        alone.update(caption_batch(first, [image_id], [image]))
+    assert together == alone  # batch of 3 = batches of 1
+    second = sampling_captioner(preset, seed=0)  # another instance (another actor)
+    reversed_order = caption_batch(second, ids[::-1], images[::-1])
+    assert reversed_order == together
+    other_seed = caption_batch(sampling_captioner(preset, seed=1), ids, images)
+    assert sum(other_seed[i] != together[i] for i in ids) >= 2, (together, other_seed)

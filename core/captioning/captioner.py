@@ -35,7 +35,16 @@ def build_caption_model(
     cfg: CaptionerConfig, manifest_path: str = "", device: str | None = None
 ) -> CaptionModel:
     """Instantiate the configured backend (imports are local so unused backends cost nothing)."""
-    generation = GenerationSettings(max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams)
+    generation = GenerationSettings(
+        max_new_tokens=cfg.max_new_tokens,
+        num_beams=cfg.num_beams,
+        decoding=cfg.decoding,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        temperature=cfg.temperature,
+        repetition_penalty=cfg.repetition_penalty,
+        seed=cfg.seed,
+    )
     if cfg.backend == "reference":
         from core.captioning.reference import ReferenceCaptionModel
 

@@ -21,7 +21,7 @@ import transformers
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 
-from core.captioning.base import CaptionModel, GenerationSettings
+from core.captioning.base import CaptionModel, GenerationSettings, generate_rows
 from core.captioning.devices import resolve_device, resolve_dtype
 from core.captioning.hf_vlm_tiny import write_tiny_llava
 from core.config import HFVLMConfig
@@ -162,19 +162,42 @@ class HFVLMCaptionModel(CaptionModel):
         # Casts only floating tensors (pixel values) to the model's dtype; ids stay integers.
         return inputs.to(self.device, dtype=self.dtype)
 
-    @torch.inference_mode()
     def describe_each(
-        self, images: Sequence[np.ndarray | Image.Image], prompts: Sequence[str]
+        self,
+        images: Sequence[np.ndarray | Image.Image],
+        prompts: Sequence[str],
+        ids: Sequence[str] | None = None,
     ) -> list[str]:
-        """One answer per (image, prompt) pair, generated in one batch."""
+        """One answer per (image, prompt) pair: one batch, or with ``decoding: sample`` one
+        generation per pair seeded from (seed, id, prompt) (see :func:`generate_rows`), so
+        sampling needs the images' ``ids``."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if not images:
             return []
+        if ids is None:
+            if self.generation.sample:
+                raise ValueError(
+                    "decoding=sample seeds each image by its id: pass ids to describe_each"
+                )
+            ids = [str(i) for i in range(len(images))]
+        if len(ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(ids)} ids")
+        return generate_rows(
+            ids,
+            prompts,
+            self.generation,
+            self.device,
+            lambda rows: self._generate([images[i] for i in rows], [prompts[i] for i in rows]),
+        )
+
+    @torch.inference_mode()
+    def _generate(
+        self, images: Sequence[np.ndarray | Image.Image], prompts: Sequence[str]
+    ) -> list[str]:
+        """One batched ``generate`` call; sampling draws from torch's global RNG."""
         inputs = self.build_inputs(images, prompts)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.generation.max_new_tokens,
-            "num_beams": self.generation.num_beams,
-            "do_sample": False,
-        }
+        kwargs: dict[str, Any] = self.generation.generate_kwargs()
         if getattr(self.model.generation_config, "pad_token_id", None) is None:
             kwargs["pad_token_id"] = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         output = self.model.generate(**inputs, **kwargs)
@@ -191,5 +214,5 @@ class HFVLMCaptionModel(CaptionModel):
         self, ids: Sequence[str], images: Sequence[np.ndarray], prompt: str
     ) -> list[list[str]]:
         """One description per image for ``prompt``: ``[[text], [text], ...]``."""
-        del ids  # the model needs only the pixels
-        return [[text] for text in self.describe_each(images, [prompt] * len(images))]
+        texts = self.describe_each(images, [prompt] * len(images), ids=[str(i) for i in ids])
+        return [[text] for text in texts]

@@ -41,7 +41,7 @@ from transformers import (
     Blip2VisionModel,
 )
 
-from core.captioning.base import CaptionModel, GenerationSettings
+from core.captioning.base import CaptionModel, GenerationSettings, generate_rows
 from core.captioning.devices import resolve_device, resolve_dtype
 from core.config import MiniGPT4Config
 
@@ -410,14 +410,18 @@ class MiniGPT4CaptionModel(CaptionModel):
 
     @torch.inference_mode()
     def generate(self, images: Sequence[np.ndarray], prompt: str | Sequence[str]) -> list[str]:
-        """Raw decoded answers (special tokens dropped), one per image, before cleanup."""
+        """Raw decoded answers (special tokens dropped), one per image, before cleanup.
+
+        With ``decoding: sample`` this draws from torch's global RNG; :meth:`describe` seeds each
+        image on its own.
+        """
         embeds, mask = self.build_inputs_embeds(images, prompt)
+        # Given only inputs_embeds, a repetition penalty sees just the generated tokens (as in the
+        # official demo, which also generates from embeddings); transformers warns about it.
         output = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
-            max_new_tokens=self.generation.max_new_tokens,
-            num_beams=self.generation.num_beams,
-            do_sample=False,
+            **self.generation.generate_kwargs(),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             stop_strings=list(STOP_STRINGS),
@@ -429,9 +433,19 @@ class MiniGPT4CaptionModel(CaptionModel):
     def describe(
         self, ids: Sequence[str], images: Sequence[np.ndarray], prompt: str
     ) -> list[list[str]]:
-        """One cleaned answer per image, as a one-element list (list splitting happens later)."""
+        """One cleaned answer per image, as a one-element list (list splitting happens later).
+
+        Sampling is seeded per (image id, prompt), see :func:`generate_rows`.
+        """
         if len(ids) != len(images):
             raise ValueError(f"got {len(ids)} ids for {len(images)} images")
         if len(images) == 0:
             return []
-        return [[clean_answer(text)] for text in self.generate(images, prompt)]
+        texts = generate_rows(
+            ids,
+            [prompt] * len(ids),
+            self.generation,
+            self.device,
+            lambda rows: self.generate([images[i] for i in rows], prompt),
+        )
+        return [[clean_answer(text)] for text in texts]

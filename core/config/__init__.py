@@ -35,6 +35,7 @@ from core.config.loader import (
     validate,
 )
 from core.config.nus_wide import NusWideManifestConfig
+from core.config.pipeline import PipelineJobConfig
 from core.config.predict import PredictJobConfig
 from core.config.training import (
     ClipDecoderModelConfig,
@@ -61,6 +62,7 @@ __all__ = [
     "MiniGPT4Config",
     "NusWideManifestConfig",
     "OptimConfig",
+    "PipelineJobConfig",
     "PredictJobConfig",
     "RayConfig",
     "ReferenceConfig",

@@ -61,6 +61,18 @@ class CaptionerConfig:
     split_numbered: bool = False  # split a numbered-list answer into one row per item
     max_new_tokens: int = 64
     num_beams: int = 1
+    # greedy: deterministic (beam search with num_beams > 1). sample: the official MiniGPT-4
+    # demo's nucleus sampling (top_p 0.9, temperature 1.0, repetition_penalty 1.05 there), each
+    # (image, prompt) seeded from (seed, image id, prompt) so a rerun gives the same captions;
+    # sampling generates one image at a time (several times slower on a GPU than a batch).
+    decoding: Literal["greedy", "sample"] = "greedy"
+    top_p: float = 0.9  # sample only
+    top_k: int = 50  # sample only; transformers' default, which the official demo relied on
+    temperature: float = 1.0  # sample only
+    # The official demo uses 1.05. 1.0: none when sampling; greedy then passes nothing, so a
+    # checkpoint's own generation_config value (if any) still applies.
+    repetition_penalty: float = 1.0
+    seed: int = 0  # sample only: base of every (image, prompt) seed
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = 8
     # Rows per Ray Data block, in batches: bigger blocks cut per-task overhead, smaller ones spread
@@ -78,6 +90,10 @@ class CaptionerConfig:
         check(len(self.prompts) > 0, f"{key}.prompts", "needs at least one prompt")
         check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
         check(self.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
+        check(0 < self.top_p <= 1, f"{key}.top_p", f"must be in (0, 1], got {self.top_p}")
+        check(self.top_k >= 0, f"{key}.top_k", "must be >= 0 (0 = off)")
+        check(self.temperature > 0, f"{key}.temperature", "must be > 0")
+        check(self.repetition_penalty > 0, f"{key}.repetition_penalty", "must be > 0")
         check(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.batches_per_block >= 1, f"{key}.batches_per_block", "must be >= 1")
         check(self.num_gpus >= 0, f"{key}.num_gpus", "must be >= 0")

@@ -17,7 +17,12 @@ class ClassMeansJobConfig:
     manifest: str = ""  # defines the classes and splits; "" → storage/demo/manifest.parquet
     splits: list[str] = field(default_factory=lambda: ["train"])  # captions of these splits count
     output: str = ""  # "" → storage/class_means.safetensors (+ .json summary beside it)
-    normalize: bool = True  # L2-normalise each description embedding before averaging
+    # false (default): average the raw CLIP text embeddings, the paper's C_c. The regularizer's
+    # other side, x, is the raw CLIP image embedding (the encoder's output), so both sides are
+    # raw CLIP embeddings at the same scale. true: L2-normalise each embedding before averaging
+    # (CLIP's zero-shot practice); means then have norm <= 1, so pair them with a unit-norm x
+    # (build_classifier(..., normalize_embedding=True)); a raw x is not on their scale.
+    normalize: bool = False
     clip: ClipConfig = field(default_factory=ClipConfig)
     batch_size: int = 256  # captions per text-encoder batch
     num_gpus: float = 0.0  # per encoder actor

@@ -103,6 +103,10 @@ class ClipDecoderTrainConfig:
     gamma_pos: float = 0.0
     asl_clip: float = 0.05
     cls_reduction: Literal["sum", "mean"] = "sum"
+    # mAP of final_metrics.json and the printed table: "reference" averages AP over every label,
+    # one without positives counting 0 (the published ZSL numbers); "skip_empty" leaves such
+    # labels out. Each epoch's metrics also hold both as *_map_reference / *_map_skip_empty.
+    map_protocol: Literal["reference", "skip_empty"] = "reference"
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: TrainRunConfig = field(default_factory=TrainRunConfig)
     ray: RayConfig = field(default_factory=RayConfig)

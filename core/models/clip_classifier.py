@@ -1,7 +1,9 @@
 """CLIP image encoder + one linear layer: the classifier of the LMM-regularized method.
 
 The embedding ``x`` the regularizer pulls toward the class's mean description is the encoder's
-output, i.e. the linear layer's input, so ``forward`` returns both the logits and ``x``.
+output, i.e. the linear layer's input, so ``forward`` returns both the logits and ``x``. Class
+means of raw text embeddings (the default) match this raw ``x``; class means of L2-normalised
+text embeddings match ``normalize_embedding=True``, which returns ``x / ||x||`` instead.
 """
 
 from __future__ import annotations
@@ -96,26 +98,45 @@ def read_meta(folder: str) -> dict[str, Any]:
 
 
 class ClipClassifier(nn.Module):
-    """``logits, x = model(images)`` with ``x = encoder(images)`` and ``logits = head(x)``."""
+    """``logits, x = model(images)`` with ``x = encoder(images)`` and ``logits = head(x)``.
 
-    def __init__(self, encoder: nn.Module, embed_dim: int, num_classes: int) -> None:
+    ``normalize_embedding``: return ``x`` L2-normalised, for class means of normalised text
+    embeddings, so both sides of the regularizer have norm about 1. The head still reads the raw
+    encoder output, so the logits (the baseline, saved checkpoints, predictions) do not change.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        embed_dim: int,
+        num_classes: int,
+        normalize_embedding: bool = False,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(embed_dim, num_classes)
+        self.normalize_embedding = normalize_embedding
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.encoder(images)
-        return self.head(x), x
+        logits = self.head(x)
+        if self.normalize_embedding:
+            x = nn.functional.normalize(x, dim=-1)
+        return logits, x
 
 
-def build_classifier(clip: ClipConfig, num_classes: int) -> tuple[ClipClassifier, ClipBundle]:
+def build_classifier(
+    clip: ClipConfig, num_classes: int, normalize_embedding: bool = False
+) -> tuple[ClipClassifier, ClipBundle]:
     """The CLIP image tower (text tower dropped) with a fresh linear head.
 
     The head's weights come from the project's seeded initialisation (not torch's default for
     ``nn.Linear``), so the same seed gives the same head whatever torch version is installed.
+    ``normalize_embedding`` should equal the class means' ``normalize`` (see
+    :class:`ClipClassifier`).
     """
     bundle = build_clip(clip.model_name, clip.pretrained, clip.seed)
-    model = ClipClassifier(bundle.model.visual, bundle.embed_dim, num_classes)
+    model = ClipClassifier(bundle.model.visual, bundle.embed_dim, num_classes, normalize_embedding)
     seeded_init_(model.head, clip.seed)
     bundle.model = None  # the text tower is not needed for classification
     return model, bundle

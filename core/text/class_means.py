@@ -53,9 +53,11 @@ class ClassMeans:
     """Class means as loaded for training: ``means[i]`` belongs to ``classes[i]``.
 
     ``prompt`` is "" for the means over every caption, else the prompt these means are for;
-    ``prompts`` lists every prompt the file was computed from. With ``normalize`` the captions'
-    embeddings were L2-normalised before averaging; the means themselves are not renormalised,
-    so their norms are at most 1 and shrink as a class's descriptions disagree.
+    ``prompts`` lists every prompt the file was computed from. Without ``normalize`` (the
+    default) the means average raw CLIP text embeddings, at the scale of the classifier's raw
+    image embedding ``x``. With ``normalize`` the captions' embeddings were L2-normalised before
+    averaging; the means themselves are not renormalised, so their norms are at most 1 and shrink
+    as a class's descriptions disagree: pair them with a unit-norm ``x``.
     """
 
     classes: list[str]
@@ -63,7 +65,7 @@ class ClassMeans:
     counts: list[int]
     prompt: str = ""
     prompts: list[str] = field(default_factory=list)
-    normalize: bool = True
+    normalize: bool = False
     clip_model: str = ""
     clip_pretrained: str = ""
 
@@ -400,9 +402,11 @@ def _means_for(
 def compute_class_means(cfg: ClassMeansJobConfig) -> ClassMeansResult:
     """Compute, check and write the class means for ``cfg`` on the current Ray instance.
 
-    With ``cfg.normalize`` every caption embedding is L2-normalised before averaging; the means
-    are not renormalised afterwards (the regularizer pulls toward the mean itself). Nothing is
-    written unless every class of the manifest has captions.
+    By default the raw caption embeddings are averaged (the paper's C_c, at the scale of the raw
+    image embedding the regularizer pulls toward it). With ``cfg.normalize`` every caption
+    embedding is L2-normalised before averaging; the means are not renormalised afterwards (the
+    regularizer pulls toward the mean itself). Nothing is written unless every class of the
+    manifest has captions.
     """
     start = time.monotonic()
     captions_path = cfg.captions or storage.join(cfg.storage, "captions")

@@ -82,9 +82,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for step, batch in enumerate(batches):
             if step == fault_step:
                 maybe_inject_fault(run.fail_at_epoch, ctx.run_dir, epoch, ctx.rank)
+            # Gradients are dropped before the forward, so the last step's do not sit in memory
+            # beside this step's activations.
+            optimizer.zero_grad(set_to_none=True)
             with autocast(ctx.device, run.amp):
                 result = part.step(model, batch)
-            optimizer.zero_grad(set_to_none=True)
             scaler.scale(result.loss).backward()
             scaler.step(optimizer)
             scaler.update()

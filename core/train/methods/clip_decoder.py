@@ -172,11 +172,14 @@ def zsl_gzsl_metrics(
     targets: np.ndarray,
     unseen_idx: list[int],
     prefix: str = "",
+    map_protocol: str = "reference",
 ) -> dict[str, float]:
     """ZSL (unseen labels only) and GZSL (all labels) mAP and P/R/F1@3,5 as flat keys.
 
-    A k larger than the number of scored labels is undefined and left out (a label split with
-    fewer than 5 unseen labels has no ``zsl_p5``).
+    ``zsl_map`` / ``gzsl_map`` follow ``map_protocol`` (:data:`core.metrics.MapProtocol`);
+    ``*_map_reference`` and ``*_map_skip_empty`` always give both, so the final metrics can
+    quote the configured one. A k larger than the number of scored labels is undefined and left
+    out (a label split with fewer than 5 unseen labels has no ``zsl_p5``).
     """
     from core.metrics import multilabel_metrics
 
@@ -186,7 +189,9 @@ def zsl_gzsl_metrics(
         ("gzsl", gzsl_scores, targets),
     ):
         ks = [k for k in TOP_KS if k <= scores.shape[1]]
-        metrics = multilabel_metrics(scores, tgt, None, prefix=name, ks=ks)
+        metrics = multilabel_metrics(
+            scores, tgt, None, prefix=name, ks=ks, map_protocol=map_protocol
+        )
         out.update({f"{prefix}{k}": v for k, v in metrics.items()})
     return out
 
@@ -295,6 +300,7 @@ class ClipDecoderWorker(MethodWorker):
             merged["targets"][ok],
             self.labels.unseen_idx,
             prefix=f"{split}_",
+            map_protocol=self.cfg.map_protocol,
         )
         return {**metrics, f"{split}_skipped": int((~ok).sum())}
 
@@ -402,8 +408,15 @@ def metric_for(splits: dict[str, Any], label_split: LabelSplit) -> tuple[str, st
 def final_test_metrics(
     history: list[dict[str, Any]], cfg: ClipDecoderTrainConfig, run: RunResult
 ) -> dict[str, Any]:
-    """The last epoch's test-split ZSL / GZSL metrics, with where they come from."""
+    """The last epoch's test-split ZSL / GZSL metrics, with where they come from.
+
+    ``zsl_map`` / ``gzsl_map`` are taken under ``cfg.map_protocol``, named in ``map_protocol``;
+    ``*_map_reference`` and ``*_map_skip_empty`` keep both.
+    """
     last = history[-1]
+    protocol = cfg.map_protocol
+    if f"test_zsl_map_{protocol}" not in last:
+        protocol = "skip_empty"  # a history recorded before both protocols were: its only mAP
     out: dict[str, Any] = {
         "split": "test",
         "epoch": last["epoch"],
@@ -414,12 +427,21 @@ def final_test_metrics(
         "checkpoint": run.latest_checkpoint,
         "best_checkpoint": run.best_checkpoint,
         "checkpoint_metric": run.checkpoint_metric,
+        "map_protocol": protocol,
         "note": "fractions in [0, 1] on the test split after the last epoch; zsl = unseen labels "
-        "only, gzsl = all labels",
+        "only, gzsl = all labels; map: "
+        + (
+            "AP averaged over every label, a label without positives counting 0 (reference)"
+            if protocol == "reference"
+            else "AP averaged over the labels with positives (skip_empty)"
+        ),
     }
     for key, value in last.items():
         if key.startswith(("test_zsl_", "test_gzsl_")):
             out[key.removeprefix("test_")] = value
+    for setting in ("zsl", "gzsl"):
+        if f"{setting}_map_{protocol}" in out:
+            out[f"{setting}_map"] = out[f"{setting}_map_{protocol}"]
     return out
 
 

@@ -25,6 +25,14 @@ from core.train.method import Method, MethodWorker, RunPlan, StepResult, WorkerC
 
 def load_means_for(cfg: TrainRegularizedConfig, path: str, classes: list[str]) -> torch.Tensor:
     """The class means in the manifest's class order; mismatches are errors naming both sides."""
+    return load_means_and_form(cfg, path, classes)[0]
+
+
+def load_means_and_form(
+    cfg: TrainRegularizedConfig, path: str, classes: list[str]
+) -> tuple[torch.Tensor, bool]:
+    """(class means, whether they average L2-normalised caption embeddings): the regularizer
+    normalises ``x`` exactly when the means were, so its two sides share a scale."""
     from core.text.class_means import load_class_means
 
     means = load_class_means(path, cfg.prompt)
@@ -35,7 +43,7 @@ def load_means_for(cfg: TrainRegularizedConfig, path: str, classes: list[str]) -
             f"{path}: class means do not match the manifest's classes "
             f"(missing {missing[:5]}, extra {extra[:5]}); rebuild them from this manifest"
         )
-    return means.means.float()
+    return means.means.float(), bool(means.normalize)
 
 
 def count_correct(
@@ -104,8 +112,10 @@ class RegularizedWorker(MethodWorker):
 
         self.cfg, self.ctx = cfg, ctx
         self.classes: list[str] = payload["classes"]
-        self.means = load_means_for(cfg, payload["class_means"], self.classes).to(ctx.device)
-        self.model, _ = build_classifier(cfg.clip, len(self.classes))  # widths checked in plan
+        means, normalized = load_means_and_form(cfg, payload["class_means"], self.classes)
+        self.means = means.to(ctx.device)
+        # Widths were checked in plan; x is normalised for the regularizer iff the means were.
+        self.model, _ = build_classifier(cfg.clip, len(self.classes), normalized)
 
     def param_groups(self, model: torch.nn.Module) -> tuple[Any, Any]:
         return model.encoder.parameters(), model.head.parameters()

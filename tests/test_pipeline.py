@@ -1,0 +1,181 @@
+"""The pipeline: a folder of class sub-folders to a report, resumed without redoing anything."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from core.config import ConfigError, load_config
+from core.config.pipeline import PipelineJobConfig
+from core.data.manifest import ManifestError
+from ray_jobs.pipeline import STAGES, PipelineState, StageResult, StageRunner, main, run_pipeline
+
+PRESET = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs" / "pipeline_folder.yaml"
+CLASSES = ("circle", "square", "triangle", "diamond")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> tuple[Path, Path]:
+    """4 classes x 8 small PNGs in class sub-folders, and a CSV of one description per image
+    (the reference captioner reads it: the test is about the pipeline, not an LMM)."""
+    from core.data.demo import draw_sample
+
+    root = tmp_path_factory.mktemp("folder") / "shapes"
+    lines = ["id,caption"]
+    for k, shape in enumerate(CLASSES):
+        rng = np.random.default_rng([0, k])
+        (root / shape).mkdir(parents=True)
+        for i in range(8):
+            image, sample = draw_sample(shape, rng, 32)
+            image.save(root / shape / f"{shape}_{i}.png")
+            lines.append(f'{shape}/{shape}_{i}.png,"{sample.description}"')
+    captions = root.parent / "captions.csv"
+    captions.write_text("\n".join(lines) + "\n")
+    return root, captions
+
+
+def _args(root: Path, captions: Path, storage: Path) -> list[str]:
+    return [
+        "--config",
+        str(PRESET),
+        f"root={root}",
+        f"storage={storage}",
+        "captioner=reference",
+        f"captioner.reference.file={captions}",
+        "run.epochs=2",
+        "run.batch_size=8",
+    ]
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_local, image_folder, tmp_path_factory):
+    root, captions = image_folder
+    storage = tmp_path_factory.mktemp("pipeline")
+    return main(_args(root, captions, storage)), storage
+
+
+def _metrics(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.ray
+def test_report_holds_the_numbers_the_stages_wrote(first_run) -> None:
+    result, storage = first_run
+    assert result.ran == list(STAGES) and result.skipped == []
+    report = json.loads((storage / "report" / "report.json").read_text())
+    for name in ("report.md", "test_accuracy.png", "confusion_matrix.png"):
+        assert (storage / "report" / name).stat().st_size > 0
+    for plot in ("test_accuracy.png", "confusion_matrix.png"):
+        assert (storage / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (storage / "report" / "report.md").read_text()
+    assert report["data"]["classes"] == sorted(CLASSES)
+    assert sum(report["data"]["images"].values()) == 4 * 8
+
+    for name, alpha in (("baseline", 0.0), ("regularized", 0.1)):
+        model = report[name]
+        history = _metrics(model["run_dir"])
+        assert [h["epoch"] for h in history] == [0, 1]
+        assert history[-1]["alpha"] == alpha == model["alpha"]
+        assert model["test_acc"] == history[-1]["test_acc"]
+        assert model["test_acc_per_epoch"] == [h["test_acc"] for h in history]
+        # Per class: the prediction job's accuracy.json, and an independent count of its rows.
+        accuracy = json.loads(Path(model["accuracy_json"]).read_text())
+        assert model["per_class"] == accuracy["per_class"]
+        assert model["predicted_test_acc"] == accuracy["accuracy"]
+        rows = pq.read_table(model["predictions"]).to_pylist()
+        assert len(rows) == report["data"]["images"]["test"]
+        totals = Counter(r["label"] for r in rows)
+        hits = Counter(r["label"] for r in rows if r["predicted"] == r["label"])
+        for cls, n in totals.items():
+            assert model["per_class"][cls] == {"images": n, "accuracy": hits[cls] / n}
+        matrix = np.array(model["confusion_matrix"])
+        assert matrix.sum() == len(rows) and np.trace(matrix) == sum(hits.values())
+        # The Markdown tables print the same numbers, as percentages.
+        assert f"| {name} | {alpha:g} | {100 * model['test_acc']:.2f} |" in md
+        for cls, entry in model["per_class"].items():
+            assert f"| {cls} | {entry['images']} |" in md
+            assert f"{100 * entry['accuracy']:.2f}" in md
+
+
+@pytest.mark.ray
+def test_a_rerun_skips_every_stage_and_gives_the_same_report(first_run, image_folder) -> None:
+    result, storage = first_run
+    runs = [Path(result.report[v]["run_dir"]) for v in ("baseline", "regularized")]
+    watched = [storage / "report" / "report.json", storage / "report" / "report.md"]
+    watched += [run / "metrics.jsonl" for run in runs]
+    watched += [p for run in runs for p in run.glob("checkpoint_*/meta.json")]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched}
+
+    again = main(_args(*image_folder, storage))
+
+    assert again.ran == [] and again.skipped == list(STAGES)
+    assert again.report == result.report
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched} == before
+    invocations = json.loads((storage / "pipeline_state.json").read_text())["invocations"]
+    assert [i["skipped"] for i in invocations] == [[], list(STAGES)]
+
+
+def test_a_changed_setting_reruns_its_stage_and_the_later_ones(tmp_path) -> None:
+    """The state keeps each stage's key; a key depends on the settings of every earlier stage."""
+    calls: list[str] = []
+
+    def invoke(settings: dict[str, dict]) -> StageRunner:
+        runner = StageRunner(PipelineState(str(tmp_path)))
+        for name in ("manifest", "captions", "class_means"):
+
+            def stage(name: str = name) -> StageResult:
+                calls.append(name)
+                (tmp_path / name).write_text(name)
+                return StageResult({"file": str(tmp_path / name)})
+
+            runner.run(name, settings[name], stage)
+        return runner
+
+    settings = {"manifest": {"root": "a"}, "captions": {"prompt": "p"}, "class_means": {}}
+    assert invoke(settings).ran == ["manifest", "captions", "class_means"]
+    assert invoke(settings).skipped == ["manifest", "captions", "class_means"]
+    changed = invoke({**settings, "captions": {"prompt": "q"}})
+    assert (changed.skipped, changed.ran) == (["manifest"], ["captions", "class_means"])
+    (tmp_path / "class_means").unlink()  # an output gone: that stage runs again
+    assert invoke({**settings, "captions": {"prompt": "q"}}).ran == ["class_means"]
+    assert calls.count("manifest") == 1
+
+
+def _config(root: Path, tmp_path: Path, *overrides: str) -> PipelineJobConfig:
+    return load_config(
+        PipelineJobConfig, PRESET, [f"root={root}", f"storage={tmp_path / 'out'}", *overrides]
+    )
+
+
+def test_bad_folders_stop_with_one_line_naming_them(tmp_path) -> None:
+    from PIL import Image
+
+    with pytest.raises(ConfigError, match=r"^root: required for source=folder"):
+        run_pipeline(_config("", tmp_path))
+    with pytest.raises(ManifestError, match=r"^root: .*/missing: no such folder$"):
+        run_pipeline(_config(tmp_path / "missing", tmp_path))
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "loose.png")
+    with pytest.raises(ManifestError, match=r"^root: .*/flat has no class folders"):
+        run_pipeline(_config(flat, tmp_path))
+
+    classes = tmp_path / "classes"
+    for name in ("cat", "dog"):
+        (classes / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(classes / "cat" / "a.png")
+    (classes / "dog" / "notes.txt").write_text("no images here")
+    with pytest.raises(ManifestError, match=r"^root: class folder .*/classes/dog holds no images"):
+        run_pipeline(_config(classes, tmp_path))
+
+    # One image per class cannot fill train and test: the class without one is named.
+    with pytest.raises(ManifestError, match=r"class '(cat|dog)' has no training image"):
+        Image.new("RGB", (8, 8)).save(classes / "dog" / "b.png")
+        run_pipeline(_config(classes, tmp_path, "split_fractions=[0.0, 0.0, 1.0]"))
+    assert not (tmp_path / "out" / "pipeline_state.json").exists()
