@@ -53,34 +53,63 @@ def test_the_method_is_one_module_and_one_registry_line() -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(ray_local, demo_dataset, tmp_path_factory):
+def sweep(ray_local, demo_dataset, tmp_path_factory):
+    """A 2-trial grid over the head's learning rate; its 0.05 trial is also the one-worker
+    reference run of the equivalence test (same settings as ``_config``)."""
+    from core.tune.config import TuneJobConfig
+    from core.tune.sweep import run_sweep
+
+    cfg = load_config(
+        TuneJobConfig,
+        None,
+        [
+            "target=linear_probe",
+            f"storage={tmp_path_factory.mktemp('sweep')}",
+            "name=probe",
+            f"training.manifest={demo_dataset}",
+            f"training.run.epochs={EPOCHS}",
+            "training.run.batch_size=8",
+            "training.optim.warmup_epochs=0",
+            "space.optim.head_lr={grid: [0.001, 0.05]}",
+            "searcher=grid",
+            "scheduler.kind=fifo",
+            "max_concurrent_trials=2",
+            "verbose=0",
+        ],
+    )
+    return run_sweep(cfg)
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_local, demo_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
-    one = fit("linear_probe", _config(root, demo_dataset), str(root / "runs"), "w1")
-    two_cfg = _config(root, demo_dataset, "run.num_workers=2")
-    two = fit("linear_probe", two_cfg, str(root / "runs"), "w2")
-    return one, two
+    cfg = _config(root, demo_dataset, "run.num_workers=2")
+    return fit("linear_probe", cfg, str(root / "runs"), "w2")
 
 
-def test_two_workers_train_like_one(runs) -> None:
+def test_two_workers_train_like_one(sweep, two_workers) -> None:
     """Same global batch (8 = 2 x 4), same seed: the same loss every epoch up to float
-    summation order, and the same accuracies."""
-    one, two = runs
-    assert [h["epoch"] for h in one.history] == list(range(EPOCHS))
-    assert len(two.history) == EPOCHS
-    for a, b in zip(one.history, two.history, strict=True):
+    summation order, and the same accuracies, as the sweep's one-worker trial."""
+    from core.train.engine import read_history
+    from core.tune.trial import run_dir
+
+    (trial,) = [r for r in sweep.records if r["config"]["optim.head_lr"] == 0.05]
+    one = read_history(run_dir(sweep.sweep_dir, trial["trial_id"]))
+    assert [h["epoch"] for h in one] == list(range(EPOCHS))
+    assert len(two_workers.history) == EPOCHS
+    for a, b in zip(one, two_workers.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["train_acc"] == b["train_acc"]
         assert a["val_acc"] == b["val_acc"] and a["test_acc"] == b["test_acc"]
     # The head learns: the loss falls from ln(8) (uniform over 8 classes) at the start.
-    assert one.history[-1]["train_loss"] < one.history[0]["train_loss"]
+    assert one[-1]["train_loss"] < one[0]["train_loss"]
 
 
-def test_encoder_stays_frozen_and_the_checkpoint_predicts(runs, demo_dataset) -> None:
+def test_encoder_stays_frozen_and_the_checkpoint_predicts(two_workers, demo_dataset) -> None:
     from core.models.clip_classifier import build_classifier
     from core.predict import load_classifier_checkpoint
 
-    one, _ = runs
-    model, meta, _ = load_classifier_checkpoint(one.latest_checkpoint)
+    model, meta, _ = load_classifier_checkpoint(two_workers.latest_checkpoint)
     assert meta["method"] == "linear_probe" and meta["epoch"] == EPOCHS - 1
     fresh, _ = build_classifier(_config(Path("."), demo_dataset).clip, len(meta["classes"]))
     for (name, before), after in zip(
@@ -90,33 +119,12 @@ def test_encoder_stays_frozen_and_the_checkpoint_predicts(runs, demo_dataset) ->
     assert not torch.equal(fresh.head.weight, model.head.weight)
 
 
-def test_a_two_trial_sweep_over_the_probe(ray_local, demo_dataset, tmp_path) -> None:
-    from core.tune.config import TuneJobConfig
-    from core.tune.sweep import run_sweep
-
-    cfg = load_config(
-        TuneJobConfig,
-        None,
-        [
-            "target=linear_probe",
-            f"storage={tmp_path}",
-            "name=probe",
-            f"training.manifest={demo_dataset}",
-            "training.run.epochs=1",
-            "training.run.batch_size=8",
-            "space.optim.head_lr={grid: [0.001, 0.05]}",
-            "searcher=grid",
-            "scheduler.kind=fifo",
-            "max_concurrent_trials=2",
-            "verbose=0",
-        ],
-    )
-    summary = run_sweep(cfg)
-    assert len(summary.records) == 2 and summary.metric == "val_acc"
-    assert {r["status"] for r in summary.records} == {"TERMINATED"}
-    assert sorted(r["config"]["optim.head_lr"] for r in summary.records) == [0.001, 0.05]
-    best = load_config(get_method("linear_probe").config_class, summary.best_preset)
-    assert best.optim.head_lr == summary.best["config"]["optim.head_lr"]
+def test_a_two_trial_sweep_over_the_probe(sweep) -> None:
+    assert len(sweep.records) == 2 and sweep.metric == "val_acc"
+    assert {r["status"] for r in sweep.records} == {"TERMINATED"}
+    assert sorted(r["config"]["optim.head_lr"] for r in sweep.records) == [0.001, 0.05]
+    best = load_config(get_method("linear_probe").config_class, sweep.best_preset)
+    assert best.optim.head_lr == sweep.best["config"]["optim.head_lr"]
 
 
 def test_unreadable_images_past_the_limit_stop_the_job_with_one_line(
