@@ -47,7 +47,7 @@ def _args(root: Path, captions: Path, storage: Path) -> list[str]:
         f"storage={storage}",
         "captioner=reference",
         f"captioner.reference.file={captions}",
-        "run.epochs=1",
+        "run.epochs=2",
         "run.batch_size=8",
     ]
 
