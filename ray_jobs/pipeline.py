@@ -39,7 +39,6 @@ from core.config import (
     ClassMeansJobConfig,
     DatasetManifestConfig,
     PredictJobConfig,
-    TrainRegularizedConfig,
     to_dict,
 )
 from core.config.datasets import DATASETS, VIDEO_DATASETS
@@ -468,18 +467,7 @@ def training_stage(
 
             ensure_ray()
             train(
-                TrainRegularizedConfig(
-                    storage=cfg.storage,
-                    name=name,
-                    manifest=manifest,
-                    class_means=means,
-                    alpha=cfg.alpha,
-                    compare_baseline=True,
-                    clip=cfg.clip,
-                    optim=cfg.optim,
-                    run=cfg.run,
-                    ray=cfg.ray,
-                )
+                cfg.training(name=name, manifest=manifest, class_means=means, compare_baseline=True)
             )
             finals = {v: finished_checkpoint(d, epochs) for v, d in runs.items()}
             unfinished = [v for v, path in finals.items() if not path]

@@ -42,7 +42,7 @@ def _stage(ctx: Context, name: str, run: Callable[[Context], None], stages: list
 def check_pipeline(ctx: Context, cfg: Any) -> None:
     """Caption, class-means, training (baseline and regularized) and prediction stages."""
     from core.check import captioning, inference, training
-    from core.config import CaptionJobConfig, ClassMeansJobConfig, TrainRegularizedConfig
+    from core.config import CaptionJobConfig, ClassMeansJobConfig
 
     manifest = _manifest(cfg)
     if "num_classes" not in ctx.keys and cfg.source in DATASET_CLASSES:
@@ -62,15 +62,7 @@ def check_pipeline(ctx: Context, cfg: Any) -> None:
         num_actors=means.num_actors,
     )
     _stage(ctx, "class_means", lambda c: inference.check_class_descriptions(c, means_cfg), stages)
-    train = TrainRegularizedConfig(
-        storage=cfg.storage,
-        name=cfg.name,
-        manifest=manifest,
-        alpha=cfg.alpha,
-        clip=cfg.clip,
-        optim=cfg.optim,
-        run=cfg.run,
-    )
+    train = cfg.training(name=cfg.name, manifest=manifest)
     _stage(ctx, "train", lambda c: training.check_classifier(c, train, "regularized"), stages)
     predict = cfg.predict
     _stage(

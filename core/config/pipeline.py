@@ -9,12 +9,13 @@ moves between the training job's YAML and this one unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.config.captioning import CaptionerConfig, ImageLoadConfig
 from core.config.common import ClipConfig, OptimConfig, RayConfig
 from core.config.datasets import DATASETS
 from core.config.loader import at, check
-from core.config.training import TrainRunConfig
+from core.config.training import TrainRegularizedConfig, TrainRunConfig
 
 SOURCES = ("folder", "table", "manifest", *DATASETS)
 
@@ -99,6 +100,12 @@ class PipelineJobConfig:
     run: TrainRunConfig = field(default_factory=TrainRunConfig)
     predict: PredictStageConfig = field(default_factory=PredictStageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def training(self, **fields: Any) -> TrainRegularizedConfig:
+        """The training stage's config: the pipeline's training keys, plus ``fields``."""
+        keys = {"storage": self.storage, "alpha": self.alpha, "clip": self.clip}
+        keys.update(optim=self.optim, run=self.run, ray=self.ray)
+        return TrainRegularizedConfig(**keys, **fields)
 
     def validate(self, key: str) -> None:
         check(self.source in SOURCES, "source", f"got {self.source!r}; one of {', '.join(SOURCES)}")
