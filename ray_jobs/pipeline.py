@@ -36,7 +36,6 @@ import pyarrow.fs as pafs
 from core import storage
 from core.config import (
     CaptionJobConfig,
-    ClassMeansJobConfig,
     DatasetManifestConfig,
     PredictJobConfig,
     to_dict,
@@ -395,20 +394,12 @@ def class_means_stage(
         from ray_jobs.class_descriptions import class_descriptions
 
         ensure_ray()
-        c = cfg.class_means
         result = class_descriptions(
-            ClassMeansJobConfig(
-                storage=cfg.storage,
+            cfg.class_means_job(
                 captions=captions,
                 manifest=manifest,
                 splits=["train"],
                 output=storage.join(cfg.storage, "class_means.safetensors"),
-                normalize=c.normalize,
-                clip=cfg.clip,
-                batch_size=c.batch_size,
-                num_gpus=c.num_gpus,
-                num_actors=c.num_actors,
-                ray=cfg.ray,
             )
         )
         return StageResult(

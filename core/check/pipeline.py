@@ -42,7 +42,7 @@ def _stage(ctx: Context, name: str, run: Callable[[Context], None], stages: list
 def check_pipeline(ctx: Context, cfg: Any) -> None:
     """Caption, class-means, training (baseline and regularized) and prediction stages."""
     from core.check import captioning, inference, training
-    from core.config import CaptionJobConfig, ClassMeansJobConfig
+    from core.config import CaptionJobConfig
 
     manifest = _manifest(cfg)
     if "num_classes" not in ctx.keys and cfg.source in DATASET_CLASSES:
@@ -52,15 +52,7 @@ def check_pipeline(ctx: Context, cfg: Any) -> None:
     stages: list[Report] = []
     caption = CaptionJobConfig(storage=cfg.storage, manifest=manifest, captioner=cfg.captioner)
     _stage(ctx, "caption", lambda c: captioning.check_caption(c, caption), stages)
-    means = cfg.class_means
-    means_cfg = ClassMeansJobConfig(
-        storage=cfg.storage,
-        manifest=manifest,
-        clip=cfg.clip,
-        batch_size=means.batch_size,
-        num_gpus=means.num_gpus,
-        num_actors=means.num_actors,
-    )
+    means_cfg = cfg.class_means_job(manifest=manifest)
     _stage(ctx, "class_means", lambda c: inference.check_class_descriptions(c, means_cfg), stages)
     train = cfg.training(name=cfg.name, manifest=manifest)
     _stage(ctx, "train", lambda c: training.check_classifier(c, train, "regularized"), stages)

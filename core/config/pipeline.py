@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config.captioning import CaptionerConfig, ImageLoadConfig
+from core.config.class_means import ClassMeansJobConfig
 from core.config.common import ClipConfig, OptimConfig, RayConfig
 from core.config.datasets import DATASETS
 from core.config.loader import at, check
@@ -100,6 +101,13 @@ class PipelineJobConfig:
     run: TrainRunConfig = field(default_factory=TrainRunConfig)
     predict: PredictStageConfig = field(default_factory=PredictStageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def class_means_job(self, **fields: Any) -> ClassMeansJobConfig:
+        """The class-means stage's config: the pipeline's keys for it, plus ``fields``."""
+        c = self.class_means
+        keys = {"storage": self.storage, "normalize": c.normalize, "clip": self.clip}
+        keys.update(batch_size=c.batch_size, num_gpus=c.num_gpus, num_actors=c.num_actors)
+        return ClassMeansJobConfig(**keys, ray=self.ray, **fields)
 
     def training(self, **fields: Any) -> TrainRegularizedConfig:
         """The training stage's config: the pipeline's training keys, plus ``fields``."""
