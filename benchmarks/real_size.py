@@ -18,6 +18,11 @@ Three measurements, each with the project's own code paths:
    generates exactly the requested tokens (random weights would otherwise stop at random), and a
    word-level stand-in tokenizer writes the official prompt in about as many tokens as LLaMA's.
 
+4. Training-step options, side by side on the TResNet-M step (``run.channels_last``,
+   ``run.compile``): images/s with each on and off against the plain step, and how long the first
+   compiled step took. ``--quick`` times them at its small batch (on a CPU without compile,
+   which takes minutes there); ``--skip options`` leaves them out.
+
 On a GPU each part also prints its measured peak memory beside ``python -m ray_jobs.check``'s
 estimate for the same model and batch. ``--quick`` keeps every width but cuts depth (ViT-L to 2
 of 24 blocks, ViT-g to 2 of 39, the LLM to 2 of 32 layers), batch sizes, steps and new tokens,
@@ -186,10 +191,10 @@ def check_estimate(job: str, values: dict[str, Any], keys: dict[str, str]) -> fl
 
 
 def train_loop(
-    settings: Settings, loss_of: Callable[[], torch.Tensor], groups: tuple
+    settings: Settings, loss_of: Callable[[], torch.Tensor], groups: tuple, count: bool = True
 ) -> tuple[float, int]:
     """Seconds per step of the engine's step (autocast forward, zero_grad, backward, AdamW) and
-    the FLOPs of one step."""
+    the FLOPs of one step (0 without ``count``)."""
     from core.config import OptimConfig
     from core.train.loop_parts import autocast, build_optimizer, grad_scaler
 
@@ -220,7 +225,7 @@ def train_loop(
             return loss_of()
 
     optimizer.zero_grad(set_to_none=True)
-    return seconds, step_flops(counted)
+    return seconds, step_flops(counted) if count else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,25 +287,45 @@ def bench_vit(settings: Settings) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def bench_clip_decoder(settings: Settings) -> tuple[float, float]:
-    """(images/s, model FLOP/s) of the CLIP-Decoder training step on 925 seen labels."""
+def decoder_step(
+    settings: Settings, channels_last: bool = False, compile: bool = False
+) -> tuple[Any, Callable[[], torch.Tensor], tuple]:
+    """(model, loss of one step, parameter groups) of the CLIP-Decoder step on 925 seen labels,
+    with the worker loop's ``run.channels_last`` / ``run.compile`` handling."""
     from core.models.clip_decoder import build_clip_decoder, seen_label_loss
+    from core.train.loop_parts import maybe_compile, to_device
 
     device, batch, seen, unseen, text_dim = settings.device, settings.decoder_batch, 925, 81, 512
+    torch.manual_seed(0)
     model = build_clip_decoder(text_dim, "tresnet_m").to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run_model = maybe_compile(model, compile)
     embeddings = torch.randn(seen + unseen, text_dim, device=device)
-    seen_idx = list(range(seen))
+    seen_idx = torch.arange(seen, device=device)
 
     def loss_of() -> torch.Tensor:
-        images = torch.randn(batch, 3, 224, 224, device=device)
-        targets = (torch.rand(batch, seen + unseen, device=device) < 0.01).float()
-        terms, _ = seen_label_loss(model, images, embeddings, targets, seen_idx, 1.0, 1.0)
+        batch_data = {
+            "image": torch.randn(batch, 3, 224, 224, device=device),
+            "targets": (torch.rand(batch, seen + unseen, device=device) < 0.01).float(),
+        }
+        batch_data = to_device(batch_data, device, channels_last)
+        terms, _ = seen_label_loss(
+            run_model, batch_data["image"], embeddings, batch_data["targets"], seen_idx, 1.0, 1.0
+        )
         return terms["loss"]
 
     backbone = {id(p) for p in model.backbone.parameters()}
     head = [p for p in model.parameters() if id(p) not in backbone]
+    return model, loss_of, (model.backbone.parameters(), head)
+
+
+def bench_clip_decoder(settings: Settings) -> tuple[float, float]:
+    """(images/s, model FLOP/s) of the CLIP-Decoder training step on 925 seen labels."""
+    device, batch = settings.device, settings.decoder_batch
+    _, loss_of, groups = decoder_step(settings)
     reset_peak(device)
-    seconds, flops = train_loop(settings, loss_of, (model.backbone.parameters(), head))
+    seconds, flops = train_loop(settings, loss_of, groups)
     img_s = batch / seconds
     print(
         f"tresnet-m + ml-decoder step: 1006 labels (925 seen), batch {batch}: "
@@ -455,11 +480,52 @@ def bench_minigpt4(settings: Settings) -> float:
     return best / single
 
 
+def bench_step_options(settings: Settings, plain_img_s: float) -> dict[str, float]:
+    """images/s of the TResNet-M step with ``run.channels_last`` and ``run.compile`` on, each
+    against the plain step measured just before (same batch, steps and device)."""
+    from core.train.loop_parts import compile_unsupported
+
+    batch = settings.decoder_batch
+    rates = {"plain": plain_img_s}
+    variants = [("channels_last", True, False), ("compile", False, True)]
+    if settings.device.type == "cuda":
+        variants.append(("channels_last+compile", True, True))
+    reason = compile_unsupported()
+    if not reason and settings.quick and settings.device.type == "cpu":
+        # Inductor had not compiled TResNet-M's forward and backward after 90 s on 2 shared
+        # cores, longer than all of --quick's extras; the full run and GPUs measure it.
+        reason = "--quick on a CPU: compiling TResNet-M takes minutes here"
+    for name, channels_last, compile in variants:
+        if compile and reason:
+            print(f"  {name}: skipped ({reason})")
+            continue
+        _, loss_of, groups = decoder_step(settings, channels_last, compile)
+        first = 0.0
+        if compile:  # the first step compiles: timed on its own, outside the steady rate
+            import torch._dynamo
+
+            torch._dynamo.reset()
+            start = time.perf_counter()
+            loss_of().backward()
+            sync(settings.device)
+            first = time.perf_counter() - start
+        seconds, _ = train_loop(settings, loss_of, groups, count=False)
+        rates[name] = batch / seconds
+        extra = f", first step (compiling) {first:.1f} s" if compile else ""
+        print(
+            f"  {name}: {rates[name]:.2f} images/s = {rates[name] / plain_img_s:.2f}x the plain "
+            f"step{extra}"
+        )
+    return rates
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced depth, batches, tokens")
     parser.add_argument("--device", default="", help="cuda / cpu (default: cuda when present)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["vit", "decoder", "minigpt4"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["vit", "decoder", "options", "minigpt4"]
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = Settings.make(args.quick, device)
@@ -483,6 +549,9 @@ def main(argv: list[str] | None = None) -> str:
     nan = float("nan")
     vit = bench_vit(settings) if "vit" not in args.skip else (nan, nan)
     decoder = bench_clip_decoder(settings) if "decoder" not in args.skip else (nan, nan)
+    if "decoder" not in args.skip and "options" not in args.skip:
+        print("tresnet-m + ml-decoder step options (run.channels_last, run.compile):")
+        bench_step_options(settings, decoder[0])
     ratio = bench_minigpt4(settings) if "minigpt4" not in args.skip else nan
     again = matmul_flops(device, dtype)
     matmul = max(matmul, again)

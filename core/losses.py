@@ -138,11 +138,10 @@ def label_alignment_loss(
     log_p = torch.log_softmax(sims / temperature, dim=1)
     pos = (targets > 0).to(log_p.dtype)
     n_pos = pos.sum(dim=1)
-    has_pos = n_pos > 0
-    if not bool(has_pos.any()):
-        return log_p.sum() * 0.0
-    per_image = -(log_p * pos).sum(dim=1)[has_pos] / n_pos[has_pos]
-    return per_image.mean()
+    has_pos = (n_pos > 0).to(log_p.dtype)
+    # Masked sums, not boolean indexing or a Python ``if``: the step never waits for the device.
+    per_image = -(log_p * pos).sum(dim=1) / n_pos.clamp(min=1)
+    return (per_image * has_pos).sum() / has_pos.sum().clamp(min=1)
 
 
 def clip_decoder_loss(

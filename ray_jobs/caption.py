@@ -46,7 +46,9 @@ def caption(cfg: CaptionJobConfig) -> CaptionSummary:
 
 
 def main(argv: list[str] | None = None) -> CaptionSummary:
-    cfg = parse_job_config(CaptionJobConfig, "Caption images with an LMM on Ray Data.", argv)
+    cfg = parse_job_config(
+        CaptionJobConfig, "Caption images with an LMM on Ray Data.", argv, job="caption"
+    )
     summary = caption(cfg)
     print(
         f"captioning done: captioned={summary.captioned} skipped={summary.skipped} "

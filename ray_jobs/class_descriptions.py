@@ -22,7 +22,10 @@ def class_descriptions(cfg: ClassMeansJobConfig) -> ClassMeansResult:
 
 def main(argv: list[str] | None = None) -> ClassMeansResult:
     cfg = parse_job_config(
-        ClassMeansJobConfig, "Average CLIP text embeddings of each class's captions.", argv
+        ClassMeansJobConfig,
+        "Average CLIP text embeddings of each class's captions.",
+        argv,
+        job="class_descriptions",
     )
     result = class_descriptions(cfg)
     print(

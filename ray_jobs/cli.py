@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from core.config import ConfigError, RayConfig, load_config
@@ -28,25 +29,77 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def parse_job_config(cls: type[T], description: str, argv: list[str] | None = None) -> T:
+def parse_job_config(
+    cls: type[T],
+    description: str,
+    argv: list[str] | None = None,
+    *,
+    job: str | None = None,
+    method: str = "",
+) -> T:
     """Parse ``--config FILE [--debug] key=value ...``; a bad setting exits with one line naming
-    the key."""
+    the key.
+
+    With ``job`` (and ``method`` for ``train``) the job's check runs next, before Ray starts
+    (:func:`check_job`); ``--skip-check`` skips it.
+    """
     global DEBUG
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML preset (see ray_jobs/configs/)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+    if job:
+        parser.add_argument(
+            "--skip-check",
+            action="store_true",
+            help="emergencies only: start without the check every job runs before Ray (the "
+            "preset's models built on the meta device, agreeing parts, the files it reads, "
+            "memory per worker; as `python -m ray_jobs.check --require-files`)",
+        )
     parser.add_argument(
         "overrides", nargs="*", help="dotted overrides, e.g. captioner.batch_size=16"
     )
     args = parser.parse_args(argv)
     DEBUG = DEBUG or args.debug
     try:
-        return load_config(cls, args.config, args.overrides)
+        cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
         if DEBUG:
             raise
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if job and not args.skip_check:
+        check_job(cfg, job, method, args.config)
+    elif job:
+        logging.getLogger("ray_jobs.cli").warning("--skip-check: the job's check did not run")
+    return cfg
+
+
+#: The cluster the check at start plans memory for (uploaded with the code by ``ray job submit``).
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+
+
+def check_job(cfg: Any, job: str, method: str = "", preset: str | None = None) -> None:
+    """The job's check at start (``core.check.start``), before Ray: its report goes to the log;
+    a mismatch or a missing input ends the job with one line ``check: failed: <reason>`` (exit
+    status 1). An input the check cannot read (a broken ``meta.json``) is the job's own error
+    (one ``error:`` line from :func:`run_main`). A memory estimate above the ``cluster.yaml``
+    GPU is a warning only."""
+    from core.check.start import CheckFailed, check_at_start
+
+    try:
+        check_at_start(cfg, job, method, preset, CLUSTER_YAML)
+    except CheckFailed as exc:
+        if DEBUG:
+            raise
+        print(f"check: failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as exc:
+        if not isinstance(root_cause(exc), _user_errors()):
+            logging.getLogger("ray_jobs.cli").error(
+                "the check at start crashed (a bug in the check; --skip-check starts the job "
+                "without it)"
+            )
+        raise
 
 
 class _StderrHandler(logging.StreamHandler):

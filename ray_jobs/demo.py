@@ -3,11 +3,15 @@
     python -m ray_jobs.demo                          # reference descriptions
     python -m ray_jobs.demo captioner=minigpt4_tiny  # the tiny MiniGPT-4 writes them instead
 
-Generates the demo dataset, captions it, builds the mean class descriptions, trains the baseline
-(alpha = 0) and the regularized model with the same seed and data order, predicts the test split
-with both, trains CLIP-Decoder on the multi-label demo, and prints the results and where every
-output lies. Tiny random models on generated data: it shows that the system works, not what the
-methods achieve. Rerunning it resumes: finished captions and training runs are reused.
+Draws the demo world (:mod:`core.data.demo_world`): a pool of described images and a
+classification set whose eight classes are (size, colour) pairs. It pretrains the tiny CLIP on
+the pool with CLIP's contrastive loss (``ray_jobs.pretrain_clip``) and scores retrieval of
+held-out pairs, then runs every stage with that CLIP: captions, the mean class descriptions from
+its text tower, the baseline (alpha = 0) and the regularized model fine-tuned from its image
+tower with the same seed and data order, prediction of the test split with both, and CLIP-Decoder
+on the multi-label demo with its text tower's label queries. It prints the results and where
+every output lies. Rerunning it resumes: finished pretraining, captions and runs are reused.
+``pretrain=false`` runs the stages with a randomly initialised CLIP instead.
 """
 
 from __future__ import annotations
@@ -51,11 +55,21 @@ def run_demo(cfg: DemoJobConfig) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, storage=absolute_storage(cfg.storage))
     init_ray(cfg.ray, cpus_needed=max(3, cfg.num_workers + 2))
     out: dict[str, Any] = {"storage": cfg.storage}
+    manifest = world_manifest(cfg)
 
-    log.info("[1/5] captioning the demo dataset (%s)", cfg.captioner.backend)
+    if cfg.pretrain:
+        log.info("[0/5] pretraining %s on the world's described images", cfg.clip.model_name)
+        out["pretrain"] = pretrain_on_world(cfg)
+        cfg = dataclasses.replace(
+            cfg,
+            clip=dataclasses.replace(cfg.clip, pretrained=out["pretrain"]["clip_pretrained"]),
+        )
+
+    log.info("[1/5] captioning the demo classes (%s)", cfg.captioner.backend)
     captions = caption(
         CaptionJobConfig(
             storage=cfg.storage,
+            manifest=manifest,
             splits=["train"],
             captioner=cfg.captioner,
             demo=cfg.demo,
@@ -65,7 +79,9 @@ def run_demo(cfg: DemoJobConfig) -> dict[str, Any]:
     out["manifest"], out["captions"] = captions.manifest, captions.output
 
     log.info("[2/5] mean class descriptions (%s text encoder)", cfg.clip.model_name)
-    means = class_descriptions(ClassMeansJobConfig(storage=cfg.storage, clip=cfg.clip, ray=cfg.ray))
+    means = class_descriptions(
+        ClassMeansJobConfig(storage=cfg.storage, manifest=manifest, clip=cfg.clip, ray=cfg.ray)
+    )
     out["class_means"] = means.output
 
     log.info("[3/5] training baseline (alpha=0) and regularized (alpha=%g)", cfg.alpha)
@@ -73,6 +89,7 @@ def run_demo(cfg: DemoJobConfig) -> dict[str, Any]:
         TrainRegularizedConfig(
             storage=cfg.storage,
             name="demo",
+            manifest=manifest,
             alpha=cfg.alpha,
             compare_baseline=True,
             clip=cfg.clip,
@@ -117,6 +134,63 @@ def run_demo(cfg: DemoJobConfig) -> dict[str, Any]:
     return out
 
 
+def world_manifest(cfg: DemoJobConfig) -> str:
+    """The demo world's classification set under ``storage/demo`` (drawn once)."""
+    from core.data.demo_world import generate_classes
+
+    manifest = storage.join(cfg.storage, "demo", "manifest.parquet")
+    if not storage.exists(manifest):
+        generate_classes(
+            storage.join(cfg.storage, "demo"),
+            images_per_class=cfg.demo.images_per_class,
+            image_size=cfg.demo.image_size,
+            seed=cfg.demo.seed,
+        )
+    return manifest
+
+
+def pretrain_on_world(cfg: DemoJobConfig) -> dict[str, Any]:
+    """Contrastive pretraining on the world's pool; its held-out retrieval and weights."""
+    from core.data.demo_world import generate_pool
+    from core.train.methods.pretrain_clip import PretrainClipConfig
+    from ray_jobs.pretrain_clip import pretrain
+
+    pool = storage.join(cfg.storage, "world", "pool", "manifest.parquet")
+    if not storage.exists(pool):
+        generate_pool(
+            storage.join(cfg.storage, "world", "pool"),
+            pairs=cfg.pretrain_pairs,
+            image_size=cfg.demo.image_size,
+            seed=cfg.demo.seed,
+        )
+    run = pretrain(
+        PretrainClipConfig(
+            storage=cfg.storage,
+            name="pretrain_clip",
+            manifest=pool,
+            clip=cfg.clip,
+            optim=cfg.pretrain_optim,
+            run=TrainRunConfig(
+                epochs=cfg.pretrain_epochs,
+                batch_size=128,
+                num_workers=cfg.num_workers,
+                seed=cfg.seed,
+                keep_checkpoints=1,
+            ),
+            ray=cfg.ray,
+        )
+    )
+    final = run.final
+    return {
+        "clip_pretrained": run.final_metrics["clip_pretrained"],
+        "run_dir": run.run_dir,
+        "epochs": len(run.history),
+        "val_i2t": final.get("val_i2t", float("nan")),
+        "val_t2i": final.get("val_t2i", float("nan")),
+        "val_pairs": final.get("val_pairs", 0),
+    }
+
+
 def _best_val_epoch(history: list[dict[str, Any]]) -> int:
     scored = [h for h in history if not math.isnan(h.get("val_acc", float("nan")))]
     return max(scored, key=lambda h: h["val_acc"])["epoch"] if scored else -1
@@ -142,8 +216,18 @@ def _run_clip_decoder(cfg: DemoJobConfig) -> dict[str, Any]:
 
 
 def print_summary(out: dict[str, Any]) -> None:
+    pre = out.get("pretrain")
     print()
-    print("LMM-regularized CLIP on the demo dataset (tiny random CLIP, generated shapes)")
+    if pre:
+        pairs = pre["val_pairs"]
+        print(f"CLIP pretraining on the demo world's described images ({pre['epochs']} epochs)")
+        print(
+            f"held-out retrieval over {pairs} pairs: image->text {pre['val_i2t']:.3f}, "
+            f"text->image {pre['val_t2i']:.3f} (chance {1 / max(pairs, 1):.3f})"
+        )
+        print()
+    which = "pretrained tiny CLIP" if pre else "tiny random CLIP"
+    print(f"LMM-regularized CLIP on the demo world's (size, colour) classes ({which})")
     print("test acc: last epoch, from training; predict acc: the best-val checkpoint, predicted")
     print(f"{'model':<12} {'alpha':>6} {'test acc':>9} {'predict acc':>12} {'best val epoch':>15}")
     for row in out["regularized"]:
@@ -167,6 +251,8 @@ def print_summary(out: dict[str, Any]) -> None:
             print(f"{setting.upper():<6} {cells}")
     print()
     print("outputs:")
+    if pre:
+        print(f"  {'pretrained':<12} {pre['clip_pretrained']}")
     for key in ("manifest", "captions", "class_means", "plot", "comparison"):
         if out.get(key):
             print(f"  {key:<12} {out[key]}")

@@ -34,12 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from core import storage
-from core.config import (
-    CaptionJobConfig,
-    DatasetManifestConfig,
-    PredictJobConfig,
-    to_dict,
-)
+from core.config import CaptionJobConfig, PredictJobConfig, to_dict
 from core.config.datasets import DATASETS, VIDEO_DATASETS
 from core.config.pipeline import PipelineJobConfig
 from core.data.manifest import (
@@ -68,7 +63,7 @@ RESOURCE_KEYS = {
     "captioner": {"batch_size", "batches_per_block", "num_gpus", "num_cpus", "min_actors"}
     | {"max_actors"},
     "run": {"num_workers", "use_gpu", "cpus_per_worker", "keep_checkpoints", "max_failures"}
-    | {"fail_at_epoch", "max_bad_images"},
+    | {"fail_at_epoch", "max_bad_images", "channels_last", "compile"},
 }
 
 
@@ -294,19 +289,7 @@ def manifest_stage(
                 ensure_ray()  # frames are decoded in Ray Data tasks
             from ray_jobs.dataset_manifest import build_dataset_manifest
 
-            d = cfg.dataset
-            result = build_dataset_manifest(
-                DatasetManifestConfig(
-                    dataset=cfg.source,
-                    root=cfg.root,
-                    output=folder,
-                    split=d.split,
-                    frames=d.frames,
-                    val_fraction=d.val_fraction,
-                    jpeg_quality=d.jpeg_quality,
-                    ray=cfg.ray,
-                )
-            )
+            result = build_dataset_manifest(cfg.dataset_manifest_job(folder))
             path, built = result.manifest, read_manifest(result.manifest)
         classes, counts = check_for_training(built, path)
         if table is not None and cfg.source != "manifest":
@@ -661,7 +644,10 @@ def print_summary(result: PipelineResult) -> None:
 
 def main(argv: list[str] | None = None) -> PipelineResult:
     cfg = parse_job_config(
-        PipelineJobConfig, "A folder of images to a trained, evaluated model and a report.", argv
+        PipelineJobConfig,
+        "A folder of images to a trained, evaluated model and a report.",
+        argv,
+        job="pipeline",
     )
     result = run_pipeline(cfg)
     print_summary(result)

@@ -27,7 +27,9 @@ def predict(cfg: PredictJobConfig) -> PredictionSummary:
 
 
 def main(argv: list[str] | None = None) -> PredictionSummary:
-    cfg = parse_job_config(PredictJobConfig, "Batch prediction with a trained classifier.", argv)
+    cfg = parse_job_config(
+        PredictJobConfig, "Batch prediction with a trained classifier.", argv, job="predict"
+    )
     summary = predict(cfg)
     print(
         f"predicted {summary.images} images ({summary.failed} failed): "

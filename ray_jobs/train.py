@@ -28,7 +28,13 @@ def main(argv: list[str] | None = None) -> RunResult:
     parser.add_argument("--method", choices=method_names(), required=True)
     known, rest = parser.parse_known_args(argv)
     method = get_method(known.method)
-    cfg = parse_job_config(method.config_class, f"Train {method.name} on Ray Train.", rest)
+    cfg = parse_job_config(
+        method.config_class,
+        f"Train {method.name} on Ray Train.",
+        rest,
+        job="train",
+        method=method.name,
+    )
     init_ray(cfg.ray, cpus_needed=cfg.run.num_workers * cfg.run.cpus_per_worker + 1)
     run = fit(method, cfg, absolute_storage(storage.join(cfg.storage, "runs")), cfg.name)
     print(f"{run.name} ({method.name}): {len(run.history)} epochs, {run.run_dir}")

@@ -54,7 +54,9 @@ def format_table(final: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> RunResult:
-    cfg = parse_job_config(ClipDecoderTrainConfig, "CLIP-Decoder zero-shot training.", argv)
+    cfg = parse_job_config(
+        ClipDecoderTrainConfig, "CLIP-Decoder zero-shot training.", argv, job="train_clip_decoder"
+    )
     run = train(cfg)
     final = run.final_metrics
     print(

@@ -21,7 +21,9 @@ def train(cfg: TrainRegularizedConfig) -> TrainSummary:
 
 
 def main(argv: list[str] | None = None) -> TrainSummary:
-    cfg = parse_job_config(TrainRegularizedConfig, "LMM-regularized CLIP training.", argv)
+    cfg = parse_job_config(
+        TrainRegularizedConfig, "LMM-regularized CLIP training.", argv, job="train_regularized"
+    )
     summary = train(cfg)
     for run in summary.runs:
         final = run.final

@@ -25,7 +25,9 @@ def sweep(cfg: TuneJobConfig) -> SweepSummary:
 
 
 def main(argv: list[str] | None = None) -> SweepSummary:
-    cfg = parse_job_config(TuneJobConfig, "Ray Tune sweep over a training method.", argv)
+    cfg = parse_job_config(
+        TuneJobConfig, "Ray Tune sweep over a training method.", argv, job="tune"
+    )
     summary = sweep(cfg)
     done = len(summary.records)
     stopped = sum(r["stopped_early"] for r in summary.records)

@@ -15,6 +15,7 @@ import torch
 from core.captioning.base import (
     CaptionModel,
     GenerationSettings,
+    generate_by_length,
     generate_rows,
     row_seed,
     split_numbered_list,
@@ -152,6 +153,7 @@ def test_greedy_kwargs_are_the_old_ones_and_sampling_is_the_official_demo() -> N
         "max_new_tokens": 7,
         "num_beams": 2,
         "do_sample": False,
+        "use_cache": True,  # the KV cache, whatever the checkpoint's own configs say
     }
     rp = GenerationSettings(repetition_penalty=1.05).generate_kwargs()
     assert rp["repetition_penalty"] == 1.05 and rp["do_sample"] is False
@@ -169,6 +171,7 @@ def test_greedy_kwargs_are_the_old_ones_and_sampling_is_the_official_demo() -> N
         "temperature": 1.0,
         "repetition_penalty": 1.05,
         "min_new_tokens": 1,
+        "use_cache": True,
     }
 
 
@@ -258,3 +261,27 @@ def test_minigpt4_presets_sample_as_the_official_demo(path: str, section: str) -
 def test_tiny_and_demo_presets_stay_greedy(path: str) -> None:
     config_dir = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs"
     assert load_config(CaptionJobConfig, config_dir / path).captioner.decoding == "greedy"
+
+
+def test_rows_sorted_by_prompt_length_come_back_in_their_order() -> None:
+    """Greedy rows with prompts of different lengths: one generate per length, shortest first,
+    no row padded; every answer lands on its own row."""
+    calls: list[list[int]] = []
+    prompts = ["a longer prompt", "short", "a longer prompt", "mid one", "short"]
+    lengths = [len(p.split()) for p in prompts]
+
+    def fake(rows: list[int]) -> list[str]:
+        calls.append(rows)
+        assert len({lengths[i] for i in rows}) == 1  # one length per call: nothing to pad
+        return [f"answer to row {i}" for i in rows]
+
+    cpu = torch.device("cpu")
+    ids = [str(i) for i in range(5)]
+    out = generate_rows(ids, prompts, GenerationSettings(), cpu, fake, lengths=lengths)
+    assert out == [f"answer to row {i}" for i in range(5)]
+    assert calls == [[1, 4], [3], [0, 2]]
+    calls.clear()
+    one_length = generate_by_length([7, 7, 7], lambda rows: calls.append(rows) or ["x"] * 3)
+    assert one_length == ["x"] * 3 and calls == [[0, 1, 2]]  # one length: one call, all rows
+    with pytest.raises(ValueError, match="prompt lengths"):
+        generate_rows(ids, prompts, GenerationSettings(), cpu, fake, lengths=[1])

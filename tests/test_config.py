@@ -34,6 +34,7 @@ JOB_CONFIGS = {
     "train_clip_decoder_": ClipDecoderTrainConfig,
     "tune_": TuneJobConfig,
     "train_linear_probe_": get_method("linear_probe").config_class,
+    "pretrain_clip_": get_method("pretrain_clip").config_class,
     "pipeline_": PipelineJobConfig,
 }
 
@@ -230,6 +231,25 @@ def test_bad_settings_name_the_key(override: str, message: str) -> None:
         load_config(CaptionJobConfig, None, [override])
     assert str(info.value).startswith(message), str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("flag", ["channels_last", "compile"])
+def test_run_speed_flags(flag: str) -> None:
+    """``run.channels_last`` / ``run.compile``: off by default, booleans, in every method's run
+    section; a bad value is one line naming the key."""
+    for cls in (
+        TrainRegularizedConfig,
+        ClipDecoderTrainConfig,
+        get_method("linear_probe").config_class,
+    ):
+        assert getattr(load_config(cls, None, []).run, flag) is False
+        assert getattr(load_config(cls, None, [f"run.{flag}=true"]).run, flag) is True
+    for bad, shown in (("maybe", "'maybe'"), ("1", "1")):
+        with pytest.raises(ConfigError) as info:
+            load_config(ClipDecoderTrainConfig, None, [f"run.{flag}={bad}"])
+        assert str(info.value) == f"run.{flag}: got {shown}, expected true or false"
+    with pytest.raises(ConfigError, match=rf"^run.{flag}x: unknown key; allowed here: .*{flag}"):
+        load_config(TrainRegularizedConfig, None, [f"run.{flag}x=true"])
 
 
 def test_bad_yaml_file(tmp_path: Path) -> None:

@@ -358,3 +358,34 @@ def test_job_extracts_frames_on_ray(ray_local, ucf101_root: Path, tmp_path: Path
     printed = capsys.readouterr().out
     assert f"manifest: {out / 'manifest.parquet'}" in printed
     assert "errors: 2 could not be used" in printed
+
+
+def test_pipeline_builds_the_manifest_stage_config_from_its_own_keys() -> None:
+    """The pipeline's ``dataset:`` section and source become the dataset job's config."""
+    from core.config.pipeline import PipelineJobConfig
+
+    cfg = load_config(
+        PipelineJobConfig,
+        None,
+        [
+            "source=ucf101",
+            "root=/data/UCF-101",
+            "storage=/out",
+            "dataset.split=2",
+            "dataset.frames=3",
+            "dataset.val_fraction=0.25",
+            "dataset.jpeg_quality=80",
+        ],
+    )
+    job = cfg.dataset_manifest_job("/out/manifest")
+    assert job == DatasetManifestConfig(
+        dataset="ucf101",
+        root="/data/UCF-101",
+        output="/out/manifest",
+        split=2,
+        frames=3,
+        val_fraction=0.25,
+        jpeg_quality=80,
+        ray=cfg.ray,
+    )
+    job.validate("")

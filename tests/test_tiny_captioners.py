@@ -218,3 +218,21 @@ def test_sampling_is_seeded_per_image(preset: str) -> None:
     assert reversed_order == together
     other_seed = caption_batch(sampling_captioner(preset, seed=1), ids, images)
     assert sum(other_seed[i] != together[i] for i in ids) >= 2, (together, other_seed)
+
+
+@pytest.mark.parametrize("preset", ["minigpt4-vicuna", "llava"])
+def test_mixed_prompts_sorted_by_length_keep_each_rows_answer(captioners, preset: str) -> None:
+    """One prompt per image, of different lengths: the batch runs shortest prompt first, one
+    generate per length (no padding), and each image gets the answer it gets alone."""
+    captioner = captioners[preset]
+    prompts = [PROMPT, "What is it?", PROMPT + " Name every object.", "What is it?"]
+    images = IMAGES[: len(prompts)]
+    lengths = [captioner.prompt_length(p) for p in prompts]
+    assert len(set(lengths)) == 3
+    ids = [str(i) for i in range(len(images))]
+    batched = captioner.describe_each(images, prompts, ids=ids)
+    alone = [
+        captioner.describe_each([im], [p], ids=[i])[0]
+        for im, p, i in zip(images, prompts, ids, strict=True)
+    ]
+    assert batched == alone

@@ -8,6 +8,7 @@ backend into the batch-to-rows callable that Ray Data's ``map_batches`` and plai
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +56,10 @@ class GenerationSettings:
             "max_new_tokens": self.max_new_tokens,
             "num_beams": self.num_beams,
             "do_sample": self.sample,
+            # The KV cache: each new token attends to cached keys and values instead of running
+            # the whole sequence again. Explicit, so a checkpoint's generation_config.json or
+            # config.json (use_cache: false) cannot turn it off.
+            "use_cache": True,
         }
         if self.sample:
             # min_new_tokens=1 is the official min_length=1: the first token cannot end the answer.
@@ -92,14 +97,40 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def generate_by_length(
+    lengths: Sequence[int], generate: Callable[[list[int]], list[str]]
+) -> list[str]:
+    """``generate(row_indices)`` once per distinct prompt length, shortest first; the answers come
+    back in the rows' own order.
+
+    Prompts of one length need no padding: a padded row attends over its pad positions at every
+    decoding step and its answer can drift from the unpadded one's by rounding. With one length
+    (one prompt for the batch, the captioner's case) this is one call over every row.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # stable: ties keep their order
+    out: list[str] = [""] * len(lengths)
+    for _, group in itertools.groupby(order, key=lambda i: lengths[i]):
+        rows = list(group)
+        texts = generate(rows)
+        if len(texts) != len(rows):
+            raise ValueError(f"generate returned {len(texts)} answers for {len(rows)} rows")
+        for i, text in zip(rows, texts, strict=True):
+            out[i] = text
+    return out
+
+
 def generate_rows(
     ids: Sequence[str],
     prompts: Sequence[str],
     settings: GenerationSettings,
     device: torch.device,
     generate: Callable[[list[int]], list[str]],
+    lengths: Sequence[int] | None = None,
 ) -> list[str]:
     """Call ``generate(row_indices)`` once for the batch, or once per row when sampling.
+
+    With ``lengths`` (each row's prompt length in tokens) greedy and beam search run once per
+    distinct length instead, shortest first (:func:`generate_by_length`), results in row order.
 
     transformers' ``generate`` draws every row from one global RNG, so a batched sample would
     depend on which images share the batch. Sampling therefore generates row by row, each under
@@ -111,6 +142,10 @@ def generate_rows(
     if len(ids) != len(prompts):
         raise ValueError(f"got {len(ids)} ids for {len(prompts)} prompts")
     if not settings.sample:
+        if lengths is not None:
+            if len(lengths) != len(ids):
+                raise ValueError(f"got {len(lengths)} prompt lengths for {len(ids)} rows")
+            return generate_by_length(lengths, generate)
         return generate(list(range(len(ids))))
     texts: list[str] = []
     for i, (image_id, prompt) in enumerate(zip(ids, prompts, strict=True)):

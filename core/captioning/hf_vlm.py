@@ -9,6 +9,7 @@ generates for a whole batch at once with left padding.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from core.config import HFVLMConfig
 # Auto classes tried in order. ``AutoModelForVision2Seq`` is gone from transformers 5 but still
 # names some models' class in 4.x, so it is used only where it exists.
 _AUTO_MODEL_CLASSES = ("AutoModelForImageTextToText", "AutoModelForVision2Seq")
+
+log = logging.getLogger(__name__)
 
 
 def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
@@ -63,14 +66,26 @@ def _load_processor(model_path: str) -> Any:
 
 
 def _load_model(model_path: str, dtype: torch.dtype) -> Any:
-    """Load the generative model through the first auto class that knows its config."""
+    """Load the generative model through the first auto class that knows its config.
+
+    Attention is SDPA (PyTorch's fused kernels) where the model supports it; a model that does
+    not loads with its default attention (a warning says so).
+    """
     errors = []
     for name in _AUTO_MODEL_CLASSES:
         auto_class = getattr(transformers, name, None)
         if auto_class is None:
             continue
         try:
-            return auto_class.from_pretrained(model_path, dtype=dtype)
+            try:
+                return auto_class.from_pretrained(
+                    model_path, dtype=dtype, attn_implementation="sdpa"
+                )
+            except ValueError as exc:
+                if "sdpa" not in str(exc).lower():
+                    raise
+                log.warning("%s: no SDPA attention (%s); loading its default", model_path, exc)
+                return auto_class.from_pretrained(model_path, dtype=dtype)
         except ValueError as exc:  # "Unrecognized configuration class": try the next auto class
             errors.append(f"{name}: {exc}")
     raise ValueError(
@@ -183,13 +198,23 @@ class HFVLMCaptionModel(CaptionModel):
             ids = [str(i) for i in range(len(images))]
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} ids")
+        lengths = None
+        if len(set(prompts)) > 1:  # one generate per prompt length: no row padded
+            known = {p: self.prompt_length(p) for p in set(prompts)}
+            lengths = [known[p] for p in prompts]
         return generate_rows(
             ids,
             prompts,
             self.generation,
             self.device,
             lambda rows: self._generate([images[i] for i in rows], [prompts[i] for i in rows]),
+            lengths=lengths,
         )
+
+    def prompt_length(self, prompt: str) -> int:
+        """Text tokens of ``prompt`` as the processor receives it (the image's tokens are the
+        same for every prompt), for grouping prompts of one length."""
+        return len(self.tokenizer(self.format_prompt(prompt)).input_ids)
 
     @torch.inference_mode()
     def _generate(

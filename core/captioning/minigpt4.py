@@ -333,7 +333,10 @@ class MiniGPT4CaptionModel(CaptionModel):
         if self.tokenizer.pad_token is None:
             # LLaMA tokenizers ship without one; padded positions are masked out anyway.
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
-        self.llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=self.dtype)
+        # SDPA: PyTorch's fused attention kernels (flash / memory-efficient on GPUs).
+        self.llm = AutoModelForCausalLM.from_pretrained(
+            llm_path, dtype=self.dtype, attn_implementation="sdpa"
+        )
         self.llm.to(self.device).eval()
         llm_hidden = self.llm.get_input_embeddings().weight.shape[1]
 
@@ -408,9 +411,18 @@ class MiniGPT4CaptionModel(CaptionModel):
             mask[i, length - row.shape[0] :] = 1
         return embeds, mask
 
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens the LLM receives for ``prompt`` with one image (BOS and image block included)."""
+        before, after = build_prompt(self.template, prompt).split(IMAGE_PLACEHOLDER)
+        head = self.tokenizer(before, add_special_tokens=True).input_ids
+        tail = self.tokenizer(after, add_special_tokens=False).input_ids
+        return len(head) + self.num_query_tokens + len(tail)
+
     @torch.inference_mode()
     def generate(self, images: Sequence[np.ndarray], prompt: str | Sequence[str]) -> list[str]:
-        """Raw decoded answers (special tokens dropped), one per image, before cleanup.
+        """Raw decoded answers (special tokens dropped), one per image, before cleanup: one
+        batched ``generate`` call, rows left-padded when the prompts' lengths differ
+        (:meth:`describe_each` groups them by length instead).
 
         With ``decoding: sample`` this draws from torch's global RNG; :meth:`describe` seeds each
         image on its own.
@@ -449,3 +461,23 @@ class MiniGPT4CaptionModel(CaptionModel):
             lambda rows: self.generate([images[i] for i in rows], prompt),
         )
         return [[clean_answer(text)] for text in texts]
+
+    def describe_each(
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], ids: Sequence[str]
+    ) -> list[str]:
+        """One cleaned answer per (image, prompt) pair. Greedy and beam search run one batch per
+        prompt length, shortest first (:func:`generate_by_length`), so no row is padded; answers
+        come back in the pairs' order. Sampling is seeded per (id, prompt) as in :meth:`describe`.
+        """
+        if not len(images) == len(prompts) == len(ids):
+            raise ValueError(f"{len(images)} images, {len(prompts)} prompts, {len(ids)} ids")
+        known = {p: self.prompt_length(p) for p in set(prompts)}
+        texts = generate_rows(
+            ids,
+            prompts,
+            self.generation,
+            self.device,
+            lambda rows: self.generate([images[i] for i in rows], [prompts[i] for i in rows]),
+            lengths=[known[p] for p in prompts],
+        )
+        return [clean_answer(text) for text in texts]

@@ -16,7 +16,7 @@ from core import storage
 from core.check import fake_device, files, memory, meta_build
 from core.check.context import Context, device_of
 from core.check.gpus import GIB
-from core.check.training import check_clip_pretrained, class_count
+from core.check.training import check_clip_pretrained, class_count, classes_from_manifest
 
 #: Captions per text-encoder call (``core.text.encode.TextEncoder``'s default chunk).
 TEXT_CHUNK = 256
@@ -86,33 +86,64 @@ def check_class_descriptions(ctx: Context, cfg: Any) -> None:
     estimate_inference(ctx, model, forward, cfg.batch_size, cfg.num_gpus, what, "batch_size")
 
 
-def _checkpoint_meta(path: str) -> dict[str, Any] | None:
-    """A classifier checkpoint's meta.json (a run folder: its newest checkpoint), if present."""
-    from core.models.clip_classifier import read_meta
+def _checkpoint_meta(path: str) -> tuple[str, dict[str, Any]] | None:
+    """(meta.json path, meta) of a classifier checkpoint (a run folder: its newest checkpoint),
+    or None when absent. Read and interpreted as the predict job does (``load_classifier``),
+    with its errors (one line naming meta.json), without reading the weights."""
+    from core.models.clip_classifier import META_FILE, CheckpointError, read_meta
     from core.predict import resolve_checkpoint
+    from core.train.registry import get_method
 
     if not files.exists(path):
         return None
-    return read_meta(resolve_checkpoint(path))
+    folder = resolve_checkpoint(path)
+    meta, meta_path = read_meta(folder), storage.join(folder, META_FILE)
+    try:
+        get_method(str(meta.get("method", "regularized")))
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_path}: 'method': {exc}") from None
+    for key in ("clip", "classes"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path}: no {key!r} entry")
+    clip, classes = meta["clip"], meta["classes"]
+    if not (isinstance(clip, dict) and "model_name" in clip and isinstance(classes, list)):
+        raise CheckpointError(f"{meta_path}: bad 'clip' or 'classes'")
+    try:
+        meta_build.clip_shape(str(clip["model_name"]))
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_path}: {exc}") from exc
+    return meta_path, meta
 
 
 def check_predict(ctx: Context, cfg: Any) -> None:
     """The classifier of ``checkpoint`` (from its meta.json, or from the training preset it
-    comes from when it is absent) predicts ``batch_size`` images per call."""
+    comes from when it is absent) predicts ``batch_size`` images per call; the manifest's labels
+    must be among its classes."""
     from core.config import TrainRegularizedConfig, load_config
 
     manifest = cfg.manifest or storage.join(cfg.storage, "demo", "manifest.parquet")
-    meta = _checkpoint_meta(cfg.checkpoint)
-    ctx.report.file("checkpoint", cfg.checkpoint, meta is not None)
-    if meta is not None:
-        clip_name, num_classes = meta["clip"]["model_name"], len(meta["classes"])
-        ctx.report.note(f"classifier: from {cfg.checkpoint}'s meta.json")
-        if files.exists(manifest):
-            ctx.report.agree(
-                "classes",
-                ("checkpoint", num_classes),
-                ("manifest", class_count(ctx, manifest)),
-            )
+    found = _checkpoint_meta(cfg.checkpoint)
+    ctx.report.file("checkpoint", cfg.checkpoint, found is not None)
+    if found is not None:
+        meta_path, meta = found
+        clip_name, classes = str(meta["clip"]["model_name"]), [str(c) for c in meta["classes"]]
+        num_classes = len(classes)
+        ctx.report.note(f"classifier: from {meta_path}")
+        labels = classes_from_manifest(manifest)
+        ctx.report.file("manifest", manifest, labels is not None)
+        if labels is not None:
+            unknown = sorted(set(labels) - set(classes))
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                ctx.report.fail(
+                    f"classes: {len(unknown)} of the manifest's {len(labels)} labels ({shown}) "
+                    f"are not among the checkpoint's {num_classes} classes"
+                )
+            else:
+                ctx.report.note(
+                    f"classes: the manifest's {len(labels)} labels are among the checkpoint's "
+                    f"{num_classes} classes"
+                )
     else:
         preset = ctx.keys.get("train_preset") or ctx.sibling_preset("train_regularized")
         if not preset:

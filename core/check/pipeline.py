@@ -27,12 +27,29 @@ def _manifest(cfg: Any) -> str:
     return storage.join(cfg.storage, "manifest", "manifest.parquet")
 
 
-def _stage(ctx: Context, name: str, run: Callable[[Context], None], stages: list) -> None:
-    """Run one stage's check into its own report and copy its lines, prefixed, into ``ctx``."""
+def _written_by_the_pipeline(cfg: Any, missing: str) -> bool:
+    """Whether a missing file (``"key: path"``) is one an earlier stage writes: everything under
+    the pipeline's storage root except a manifest the user gave (the pipeline's inputs are its
+    source folder or table, or that manifest)."""
+    path = missing.split(": ", 1)[-1]
+    given = cfg.manifest if getattr(cfg, "source", "") == "manifest" else ""
+    root = cfg.storage.rstrip("/") + "/"
+    return path != given and path.startswith(root)
+
+
+def _stage(
+    ctx: Context, name: str, run: Callable[[Context], None], stages: list, cfg: Any = None
+) -> None:
+    """Run one stage's check into its own report and copy its lines, prefixed, into ``ctx``;
+    files an earlier stage writes are noted, not missing."""
     sub = Context(Report(), ctx.nodes, ctx.preset, dict(ctx.keys))
     run(sub)
     r = sub.report
-    ctx.report.lines.extend(f"[{name}] {line}" for line in r.lines)
+    written = [m for m in r.missing if cfg is not None and _written_by_the_pipeline(cfg, m)]
+    r.missing = [m for m in r.missing if m not in written]
+    produced = {f"file: {m} missing" for m in written}
+    lines = [f"{line} (a stage writes it)" if line in produced else line for line in r.lines]
+    ctx.report.lines.extend(f"[{name}] {line}" for line in lines)
     ctx.report.mismatches.extend(f"[{name}] {line}" for line in r.mismatches)
     ctx.report.missing.extend(f"[{name}] {line}" for line in r.missing)
     ctx.report.note(f"stage {name}: {r.last_line(False).removeprefix('check: ')}")
@@ -51,11 +68,17 @@ def check_pipeline(ctx: Context, cfg: Any) -> None:
     ctx.keys.setdefault("means_clip", cfg.clip.model_name)
     stages: list[Report] = []
     caption = CaptionJobConfig(storage=cfg.storage, manifest=manifest, captioner=cfg.captioner)
-    _stage(ctx, "caption", lambda c: captioning.check_caption(c, caption), stages)
+    _stage(ctx, "caption", lambda c: captioning.check_caption(c, caption), stages, cfg)
     means_cfg = cfg.class_means_job(manifest=manifest)
-    _stage(ctx, "class_means", lambda c: inference.check_class_descriptions(c, means_cfg), stages)
+    _stage(
+        ctx,
+        "class_means",
+        lambda c: inference.check_class_descriptions(c, means_cfg),
+        stages,
+        cfg,
+    )
     train = cfg.training(name=cfg.name, manifest=manifest)
-    _stage(ctx, "train", lambda c: training.check_classifier(c, train, "regularized"), stages)
+    _stage(ctx, "train", lambda c: training.check_classifier(c, train, "regularized"), stages, cfg)
     predict = cfg.predict
     _stage(
         ctx,
@@ -64,6 +87,7 @@ def check_pipeline(ctx: Context, cfg: Any) -> None:
             c, cfg.clip.model_name, manifest, predict.batch_size, predict.num_gpus
         ),
         stages,
+        cfg,
     )
 
     def share(r: Report) -> float:

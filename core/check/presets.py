@@ -2,9 +2,8 @@
 
 A preset's file name starts with its job (``caption_``, ``class_descriptions_``,
 ``train_regularized_``, ``train_clip_decoder_``, ``train_<method>_`` for any registered method,
-``tune_``, ``predict_``, ``pipeline_``); ``--job`` (and ``--method`` for ``train``) says it for
-any other name.
-"""
+a method's own job name (``Method.job``), ``tune_``, ``predict_``, ``pipeline_``); ``--job``
+(and ``--method`` for ``train``) says it for any other name."""
 
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ JOBS = (
 
 def job_of(path: str | Path) -> tuple[str, str]:
     """(job, method) from a preset's file name; method is "" except for ``train``."""
-    from core.train.registry import method_names
+    from core.train.registry import get_method, method_names
 
     stem = Path(path).stem
     for job in (
@@ -44,6 +43,10 @@ def job_of(path: str | Path) -> tuple[str, str]:
             return job, ""
     for method in sorted(method_names(), key=len, reverse=True):
         if stem.startswith(f"train_{method}"):
+            return "train", method
+    for method in method_names():  # a method with its own job (``Method.job``, one word)
+        own = get_method(method).job
+        if " " not in own and (stem == own or stem.startswith(own + "_")):
             return "train", method
     raise ValueError(
         f"{path}: cannot tell the job from the file name; pass --job ({', '.join(JOBS)})"
@@ -88,16 +91,11 @@ def config_class(job: str, method: str) -> type:
 
 
 def check_training(ctx: Context, method: str, cfg: Any) -> None:
-    """One training run of ``method`` (also each Tune trial)."""
-    from core.check import training
-    from core.config import ClipDecoderTrainConfig
+    """One training run of ``method`` (also each Tune trial): the method's own check
+    (:meth:`core.train.method.Method.check`)."""
+    from core.train.registry import get_method
 
-    if isinstance(cfg, ClipDecoderTrainConfig):
-        training.check_clip_decoder(ctx, cfg, method)
-    elif hasattr(cfg, "clip") and hasattr(cfg, "run"):
-        training.check_classifier(ctx, cfg, method)
-    else:
-        raise ValueError(f"method {method!r}: the check builds CLIP classifiers and CLIP-Decoder")
+    get_method(method).check(ctx, cfg)
 
 
 def check_tune(ctx: Context, cfg: Any) -> None:
@@ -140,14 +138,20 @@ def check_tune(ctx: Context, cfg: Any) -> None:
 
 def run_check(ctx: Context, job: str, method: str, cfg: Any) -> None:
     """The job's check: models built, parts compared, memory estimated; all into ``ctx.report``."""
-    from core.check import captioning, inference
-
     ctx.report.note(f"job: {job}{' --method ' + method if method else ''}")
+    # Each job imports only its own check's model stack (the captioning one pulls in
+    # transformers, seconds of imports a training job's check at start should not pay).
     if job == "caption":
+        from core.check import captioning
+
         captioning.check_caption(ctx, cfg)
     elif job == "class_descriptions":
+        from core.check import inference
+
         inference.check_class_descriptions(ctx, cfg)
     elif job == "predict":
+        from core.check import inference
+
         inference.check_predict(ctx, cfg)
     elif job == "tune":
         check_tune(ctx, cfg)

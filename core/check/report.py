@@ -63,14 +63,16 @@ class Report:
         within = self.placement is not None and self.peak <= self.placement.usable_bytes
         return within and self.all_stages_fit
 
-    def last_line(self, require_files: bool) -> str:
-        """``check: ok ...`` or ``check: failed: <the first mismatch or missing file>``."""
+    def last_line(self, require_files: bool, hint: str = " (--require-files)") -> str:
+        """``check: ok ...`` or ``check: failed: <the first mismatch or missing file>``; ``hint``
+        follows a missing file (a job's check at start, where files are always required, drops
+        it)."""
         if self.mismatches:
             reason = self.mismatches[0]
             more = len(self.mismatches) - 1
             return f"check: failed: {reason}" + (f" (and {more} more above)" if more else "")
         if require_files and self.missing:
-            return f"check: failed: missing file {self.missing[0]} (--require-files)"
+            return f"check: failed: missing file {self.missing[0]}{hint}"
         gpu = self.placement.name if self.placement else "none"
         return (
             f"check: ok params={_number(self.params / 1e6)} peak_gib={_number(self.peak / GIB)} "

@@ -51,7 +51,7 @@ def check_clip_pretrained(ctx: Context, key: str, model_name: str, pretrained: s
         )
 
 
-def _classes_from_manifest(path: str) -> list[str] | None:
+def classes_from_manifest(path: str) -> list[str] | None:
     from core.data.manifest import read_manifest
     from core.train.image_data import manifest_classes
 
@@ -61,7 +61,7 @@ def _classes_from_manifest(path: str) -> list[str] | None:
 def class_count(ctx: Context, manifest: str, fallback: list[str] | None = None) -> int:
     """Classes from the manifest, else from the class-means file, else ``num_classes=``, else
     UCF-101's 101 (each source named in the report)."""
-    classes = _classes_from_manifest(manifest)
+    classes = classes_from_manifest(manifest)
     ctx.report.file("manifest", manifest, classes is not None)
     if classes is not None:
         ctx.report.note(f"classes: {len(classes)} from the manifest")
@@ -225,7 +225,7 @@ def check_classifier(ctx: Context, cfg: Any, method: str) -> None:
                 (f"image embedding of the training CLIP {cfg.clip.model_name}", shape.embed_dim),
             )
     num_classes = class_count(ctx, manifest, means_classes)
-    manifest_classes = _classes_from_manifest(manifest)
+    manifest_classes = classes_from_manifest(manifest)
     if means_classes is not None and manifest_classes is not None:
         ctx.report.agree(
             "classes", ("class-means file", len(means_classes)), ("manifest", len(manifest_classes))
@@ -367,4 +367,35 @@ def check_clip_decoder(ctx: Context, cfg: Any, method: str) -> None:
         f"timm {cfg.model.backbone} ({model.backbone.num_features} features) + zero-shot "
         f"ML-Decoder ({head.decoder_embedding} wide)"
     )
+    estimate_training(ctx, model, step, cfg.run, method_param_groups(method), what)
+
+
+# --------------------------------------------------------------------------------------------
+# Contrastive image–text pretraining (both towers train)
+# --------------------------------------------------------------------------------------------
+
+
+def check_contrastive(ctx: Context, cfg: Any, method: str) -> None:
+    """The whole open_clip model, one contrastive step on a batch of image–text pairs.
+
+    Each worker's logits are global-batch wide (features are gathered), which the estimate
+    ignores: ``B x B`` floats are small beside the towers' activations at real batch sizes.
+    """
+    import open_clip
+
+    check_clip_pretrained(ctx, "clip.pretrained", cfg.clip.model_name, cfg.clip.pretrained)
+    shape = meta_build.clip_shape(cfg.clip.model_name)
+    model = meta_build.open_clip_model(cfg.clip.model_name)
+    context = int(model.context_length)
+    loss_fn = open_clip.ClipLoss()
+
+    def step(batch: int, mode: Any) -> torch.Tensor:
+        device = next(model.parameters()).device
+        size = (batch, 3, shape.image_size, shape.image_size)
+        images = fake_device.fake_tensor(mode, size, torch.float32, device)
+        tokens = fake_device.fake_tensor(mode, (batch, context), torch.long, device)
+        image_features, text_features, scale = model(images, tokens)[:3]
+        return loss_fn(image_features, text_features, scale)
+
+    what = f"open_clip {cfg.clip.model_name} image and text towers, contrastive loss"
     estimate_training(ctx, model, step, cfg.run, method_param_groups(method), what)

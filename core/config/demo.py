@@ -13,6 +13,10 @@ def _demo_optim() -> OptimConfig:
     return OptimConfig(encoder_lr=1e-3, head_lr=3e-3, weight_decay=0.01, warmup_epochs=1.0)
 
 
+def _pretrain_optim() -> OptimConfig:
+    return OptimConfig(encoder_lr=2e-3, head_lr=2e-3, weight_decay=0.01, warmup_epochs=1.0)
+
+
 @dataclass
 class DemoJobConfig:
     """``python -m ray_jobs.demo``: every stage end to end on one machine with a local Ray."""
@@ -29,9 +33,15 @@ class DemoJobConfig:
     optim: OptimConfig = field(default_factory=_demo_optim)
     clip_decoder: bool = True  # also train CLIP-Decoder on the multi-label demo
     clip_decoder_epochs: int = 4
+    pretrain: bool = True  # pretrain the CLIP on the world's described images first
+    pretrain_pairs: int = 2048  # training pairs of the pool (plus 256 held out)
+    pretrain_epochs: int = 16
+    pretrain_optim: OptimConfig = field(default_factory=_pretrain_optim)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self, key: str) -> None:
         check(self.alpha > 0, "alpha", "must be > 0 (the demo compares it with alpha = 0)")
         check(self.epochs >= 1, "epochs", "must be >= 1")
         check(self.clip_decoder_epochs >= 1, "clip_decoder_epochs", "must be >= 1")
+        check(self.pretrain_epochs >= 1, "pretrain_epochs", "must be >= 1")
+        check(self.pretrain_pairs >= 128, "pretrain_pairs", "must be >= 128 (one batch)")

@@ -14,7 +14,7 @@ from typing import Any
 from core.config.captioning import CaptionerConfig, ImageLoadConfig
 from core.config.class_means import ClassMeansJobConfig
 from core.config.common import ClipConfig, OptimConfig, RayConfig
-from core.config.datasets import DATASETS
+from core.config.datasets import DATASETS, DatasetManifestConfig
 from core.config.loader import at, check
 from core.config.training import TrainRegularizedConfig, TrainRunConfig
 
@@ -108,6 +108,19 @@ class PipelineJobConfig:
         keys = {"storage": self.storage, "normalize": c.normalize, "clip": self.clip}
         keys.update(batch_size=c.batch_size, num_gpus=c.num_gpus, num_actors=c.num_actors)
         return ClassMeansJobConfig(**keys, ray=self.ray, **fields)
+
+    def dataset_manifest_job(self, output: str) -> DatasetManifestConfig:
+        """The manifest stage's config for a dataset source (``source`` names the reader)."""
+        d = self.dataset
+        keys = {"split": d.split, "frames": d.frames, "val_fraction": d.val_fraction}
+        return DatasetManifestConfig(
+            dataset=self.source,
+            root=self.root,
+            output=output,
+            jpeg_quality=d.jpeg_quality,
+            ray=self.ray,
+            **keys,
+        )
 
     def training(self, **fields: Any) -> TrainRegularizedConfig:
         """The training stage's config: the pipeline's training keys, plus ``fields``."""

@@ -27,6 +27,11 @@ class TrainRunConfig:
     # Unreadable images skipped per epoch before the run stops: < 1 is a fraction of the
     # training rows (rounded up), >= 1 a count; 0 stops at the first one.
     max_bad_images: float = 0.01
+    # Speed knobs (results unchanged up to float rounding): convolution weights and images in
+    # channels-last layout (faster NHWC kernels on GPUs, e.g. TResNet); torch.compile the model
+    # (first step compiles; skipped with a warning where torch cannot compile).
+    channels_last: bool = False
+    compile: bool = False
 
     def validate(self, key: str) -> None:
         check(self.epochs >= 1, at(key, "epochs"), "must be >= 1")

@@ -50,7 +50,7 @@ class DemoSample:
     description: str
 
 
-def _polygon(cx: float, cy: float, r: float, sides: int, rotation: float) -> list[tuple]:
+def polygon(cx: float, cy: float, r: float, sides: int, rotation: float) -> list[tuple]:
     return [
         (
             cx + r * math.cos(rotation + 2 * math.pi * k / sides),
@@ -60,20 +60,18 @@ def _polygon(cx: float, cy: float, r: float, sides: int, rotation: float) -> lis
     ]
 
 
-def _draw_shape(
-    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill
-) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     box = (cx - r, cy - r, cx + r, cy + r)
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":
         draw.rectangle((cx - r * 0.8, cy - r * 0.8, cx + r * 0.8, cy + r * 0.8), fill=fill)
     elif shape == "triangle":
-        draw.polygon(_polygon(cx, cy, r, 3, -math.pi / 2), fill=fill)
+        draw.polygon(polygon(cx, cy, r, 3, -math.pi / 2), fill=fill)
     elif shape == "diamond":
-        draw.polygon(_polygon(cx, cy, r, 4, 0.0), fill=fill)
+        draw.polygon(polygon(cx, cy, r, 4, 0.0), fill=fill)
     elif shape == "hexagon":
-        draw.polygon(_polygon(cx, cy, r, 6, 0.0), fill=fill)
+        draw.polygon(polygon(cx, cy, r, 6, 0.0), fill=fill)
     elif shape == "star":
         pts = []
         for k in range(10):
@@ -91,7 +89,7 @@ def _draw_shape(
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def _place_words(cx: float, cy: float, size: int) -> str:
+def place_words(cx: float, cy: float, size: int) -> str:
     vert = "top" if cy < size / 3 else "bottom" if cy > 2 * size / 3 else "middle"
     horiz = "left" if cx < size / 3 else "right" if cx > 2 * size / 3 else "centre"
     if vert == "middle" and horiz == "centre":
@@ -116,13 +114,13 @@ def draw_sample(
     cx = float(rng.uniform(r, size - r))
     cy = float(rng.uniform(r, size - r))
     image = Image.new("RGB", (size, size), BACKGROUNDS[bg_name])
-    _draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, COLOURS[colour])
+    draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, COLOURS[colour])
     grainy = bool(rng.random() < 0.5)
     pixels = np.asarray(image, dtype=np.float32)
     noise_std = 18.0 if grainy else 4.0
     pixels = np.clip(pixels + rng.normal(0, noise_std, pixels.shape), 0, 255).astype(np.uint8)
     size_word = "small" if r < 0.21 * size else "large" if r > 0.29 * size else "medium-sized"
-    place = _place_words(cx, cy, size)
+    place = place_words(cx, cy, size)
     text = f"a {size_word} {colour} {shape} {place} on a {bg_name} background"
     if grainy:
         text += ", grainy"

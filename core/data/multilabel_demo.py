@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from core import storage
-from core.data.demo import BACKGROUNDS, CLASSES, COLOURS, _draw_shape, _polygon, write_png
+from core.data.demo import BACKGROUNDS, CLASSES, COLOURS, draw_shape, polygon, write_png
 from core.data.manifest import SPLIT_NAMES, ManifestError, assign_split, write_manifest
 from core.data.nus_wide import LABEL_SPLIT_FILE, LabelSplit, sibling_path
 
@@ -40,7 +40,7 @@ class MultiLabelDemo:
 
 def _draw_any(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     if shape == "pentagon":
-        draw.polygon(_polygon(cx, cy, r, 5, -math.pi / 2), fill=fill)
+        draw.polygon(polygon(cx, cy, r, 5, -math.pi / 2), fill=fill)
     elif shape == "crescent":
         # left half-disc minus a thinner half-ellipse: stays inside the shape's own box
         us = np.linspace(-1.0, 1.0, 24)
@@ -61,7 +61,7 @@ def _draw_any(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: fl
             [(cx - 2 * lobe, cy - r * 0.2), (cx + 2 * lobe, cy - r * 0.2), (cx, cy + r)], fill=fill
         )
     else:
-        _draw_shape(draw, shape, cx, cy, r, fill)
+        draw_shape(draw, shape, cx, cy, r, fill)
 
 
 def draw_multilabel_sample(

@@ -3,7 +3,9 @@
 Per-worker statistics of a B/W batch differ from the one-worker statistics of B images, so without
 this a BatchNorm model's result depends on the worker count. torch's ``SyncBatchNorm`` refuses CPU
 tensors, which leaves CPU clusters and the gloo tests without it; :class:`GroupBatchNorm` works on
-any backend.
+any backend, without synchronising the host with the device. GPUs keep torch's fused
+``SyncBatchNorm``, which reads one boolean mask's size per BatchNorm layer per step (it drops
+empty workers' statistics): a known host wait, kept until a replacement is validated on GPUs.
 """
 
 from __future__ import annotations
@@ -69,21 +71,16 @@ class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats and self.running_mean is not None:
+            # Tensor arithmetic only: reading count or num_batches_tracked as a Python number
+            # would wait for the device.
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                factor = (
-                    self.momentum
-                    if self.momentum is not None
-                    else 1.0 / float(self.num_batches_tracked)
-                )
-                n = float(count)
-                unbiased = var * (n / max(n - 1.0, 1.0))
-                self.running_mean.mul_(1 - factor).add_(
-                    mean.to(self.running_mean.dtype), alpha=factor
-                )
-                self.running_var.mul_(1 - factor).add_(
-                    unbiased.to(self.running_var.dtype), alpha=factor
-                )
+                factor: Any = self.momentum
+                if factor is None:  # cumulative average
+                    factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+                unbiased = var * (count / (count - 1.0).clamp(min=1.0))
+                self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype) * factor)
+                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype) * factor)
         return y.to(x.dtype)
 
 

@@ -40,19 +40,99 @@ CHECKPOINT_PREFIX = "checkpoint_"
 
 
 def train_epochs(
-    rank: int, start_epoch: int, epochs: int, local_batch: int, steps: int
+    rank: int,
+    start_epoch: int,
+    epochs: int,
+    local_batch: int,
+    steps: int,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[int, Iterator[dict[str, torch.Tensor]]]]:
     """``(epoch, its batches)`` for every epoch left, all read from the worker's one stream.
 
     The stream holds exactly ``steps`` batches of ``local_batch`` rows per epoch; each epoch's
-    batches must be used up before the next epoch's are asked for.
+    batches must be used up before the next epoch's are asked for. Batches arrive on ``device``
+    (see :func:`batch_options`).
     """
     import ray.train
 
+    if start_epoch >= epochs:
+        # A finished run started again: nothing to train, and no stream exists for it.
+        return
     shard = ray.train.get_dataset_shard(train_stream_name(start_epoch, rank))
-    stream = iter(shard.iter_torch_batches(batch_size=local_batch, drop_last=True))
+    options = batch_options(device)
+    stream = iter(shard.iter_torch_batches(batch_size=local_batch, drop_last=True, **options))
     for epoch in range(start_epoch, epochs):
         yield epoch, itertools.islice(stream, steps)
+
+
+def batch_options(device: torch.device | None) -> dict[str, Any]:
+    """``iter_torch_batches`` arguments that put batches on ``device`` without stalling the step.
+
+    On a GPU, Ray Data's prefetch thread pins each batch's host memory and copies it
+    ``non_blocking`` (Ray's default), so the copy overlaps the running step; pageable memory
+    would make every copy wait. Elsewhere nothing changes (pinning needs a GPU).
+    """
+    if device is None:
+        return {}
+    if device.type == "cuda":
+        return {"device": device, "pin_memory": True}
+    return {"device": device}
+
+
+def to_device(
+    batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool = False
+) -> dict[str, torch.Tensor]:
+    """``batch`` on ``device``, copied without blocking the host (from pinned memory on a GPU);
+    with ``channels_last`` its 4-D ``image`` in channels-last layout (``run.channels_last`` puts
+    the model's convolution weights in that layout too). Tensors already there stay as they
+    are."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.device != device:
+            if device.type == "cuda" and value.device.type == "cpu" and not value.is_pinned():
+                value = value.pin_memory()
+            value = value.to(device, non_blocking=True)
+        out[key] = value
+    image = out.get("image")
+    if channels_last and isinstance(image, torch.Tensor) and image.dim() == 4:
+        out["image"] = image.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(model)`` for ``run.compile``, else ``model``.
+
+    Give it the DDP-wrapped model (DDP then splits the graph at its gradient buckets) and keep
+    the uncompiled one for checkpoints and evaluation: its parameter names carry no
+    ``_orig_mod.`` prefix. Compilation happens at the first step; where torch cannot compile
+    (no dynamo for this Python, no C compiler), a warning says so and the model runs as it is,
+    and a graph that fails to compile falls back to eager with a warning.
+    """
+    if not enabled:
+        return model
+    reason = compile_unsupported()
+    if reason:
+        log.warning("run.compile: skipped, %s; training runs uncompiled", reason)
+        return model
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
+
+
+def compile_unsupported() -> str:
+    """Why ``torch.compile`` cannot run here, or "" when it can."""
+    import shutil
+
+    try:
+        import torch._dynamo
+    except ImportError as exc:  # a torch build without dynamo
+        return f"torch._dynamo is unavailable ({exc})"
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python"
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "g++", "c++")):
+        return "no C/C++ compiler on PATH (inductor needs one)"
+    return ""
 
 
 def group_size() -> int:

@@ -167,3 +167,32 @@ class Method:
     def load_checkpoint(self, path: str) -> Any:
         """A trained model from one of its checkpoint folders."""
         raise NotImplementedError
+
+    def check(self, ctx: Any, cfg: Any) -> None:
+        """Check one training run of ``cfg`` before the cluster (``python -m ray_jobs.check``,
+        and every training and Tune job at its start), without reading any weights.
+
+        ``ctx`` is a :class:`core.check.context.Context`; everything goes into ``ctx.report``:
+        the inputs the run reads (``report.file``: found or missing), every place where two parts
+        must agree (``report.agree``: e.g. the class-means width and the training CLIP's image
+        embedding, the decoder's query width and the CLIP text width), and one worker's peak
+        accelerator memory at ``cfg.run``'s batch (``core.check.training.estimate_training``
+        sets ``report.params``, ``report.peak``, ``report.placement`` and ``report.max_batch``).
+        A problem is a mismatch (``report.fail`` / ``report.agree``), or an exception naming
+        what to fix. Keep the heavy code in ``core.check`` and import it inside the method, so
+        importing a method module stays light.
+
+        The default checks any method whose config has ``clip`` and ``run`` sections as a CLIP
+        image tower + linear head trained with cross-entropy (plus the LMM regularizer when the
+        config has ``class_means``); for other configs it only notes that there is no check.
+        """
+        if hasattr(cfg, "clip") and hasattr(cfg, "run"):
+            from core.check.training import check_classifier
+
+            check_classifier(ctx, cfg, self.name)
+        else:
+            ctx.report.note(
+                f"method {self.name}: no check (its config has no clip and run sections and "
+                f"{type(self).__name__} defines no check): models, agreements and memory not "
+                "checked"
+            )

@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "regularized": "core.train.methods.regularized",
     "clip_decoder": "core.train.methods.clip_decoder",
     "linear_probe": "core.train.methods.linear_probe",
+    "pretrain_clip": "core.train.methods.pretrain_clip",
 }
 
 

@@ -10,6 +10,12 @@ the epoch counts them (``skipped_images``), and past ``run.max_bad_images`` ever
 before reporting that epoch. The checkpoint holds
 model, optimizer, scheduler, epoch and the metric history, so a restarted worker group resumes
 at the next epoch and ``metrics.jsonl`` lists every epoch exactly once.
+
+Batches arrive on the device (on a GPU copied from pinned memory without blocking, by Ray Data's
+prefetch thread). ``run.channels_last`` puts convolution weights and images in channels-last
+layout; ``run.compile`` trains a ``torch.compile``d model (checkpoints and evaluation use the
+uncompiled one, the same parameters). The one host synchronisation a step may still make is the
+float16 loss scaler's overflow check, on GPUs without bfloat16.
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ from core.config import config_from_dict
 from core.train.image_data import eval_dataset_name, steps_per_epoch
 from core.train.loop_parts import (
     autocast,
+    batch_options,
     build_optimizer,
     grad_scaler,
+    maybe_compile,
     maybe_inject_fault,
     report_epoch,
     restore,
+    to_device,
     train_epochs,
     training_state,
     unwrap,
@@ -57,12 +66,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     part = method.worker(cfg, config["payload"], ctx)
     model = part.model
+    if run.channels_last:  # before DDP: every worker's parameters in the same layout
+        model = model.to(memory_format=torch.channels_last)
     if part.group_batch_norm and ctx.world > 1:
         from core.train.group_batch_norm import sync_batch_norm
 
         model = sync_batch_norm(model, ctx.device)
     model = ray.train.torch.prepare_model(model)
     core_model = unwrap(model)
+    model = maybe_compile(model, run.compile)  # core_model stays uncompiled
     steps = steps_per_epoch(config["num_train"], run.batch_size)
     encoder, head = part.param_groups(core_model)
     optimizer, scheduler = build_optimizer(encoder, head, cfg.optim, steps, run.epochs)
@@ -72,7 +84,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     local_batch = run.batch_size // ctx.world
     fault_step = min(1, steps - 1)
     limit = run.bad_image_limit(steps * run.batch_size)
-    for epoch, batches in train_epochs(ctx.rank, start_epoch, run.epochs, local_batch, steps):
+    epochs = train_epochs(ctx.rank, start_epoch, run.epochs, local_batch, steps, ctx.device)
+    for epoch, batches in epochs:
         epoch_start = time.perf_counter()
         part.start_epoch(epoch)
         model.train()
@@ -85,6 +98,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Gradients are dropped before the forward, so the last step's do not sit in memory
             # beside this step's activations.
             optimizer.zero_grad(set_to_none=True)
+            batch = to_device(batch, ctx.device, run.channels_last)  # no copy: already there
             with autocast(ctx.device, run.amp):
                 result = part.step(model, batch)
             scaler.scale(result.loss).backward()
@@ -117,9 +131,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eval_start = time.perf_counter()
         for split in config["eval_splits"]:
             shard = ray.train.get_dataset_shard(eval_dataset_name(split, ctx.rank))
-            metrics.update(
-                part.evaluate(core_model, split, shard.iter_torch_batches(batch_size=local_batch))
+            eval_batches = (
+                to_device(b, ctx.device, run.channels_last)
+                for b in shard.iter_torch_batches(
+                    batch_size=local_batch, **batch_options(ctx.device)
+                )
             )
+            metrics.update(part.evaluate(core_model, split, eval_batches))
         metrics["eval_seconds"] = time.perf_counter() - eval_start
         metrics["epoch_seconds"] = time.perf_counter() - epoch_start
         history.append(metrics)

@@ -72,13 +72,24 @@ def group_loss_weights(
     already the global mean). ``L_clip`` is a mean over the images that have a positive label, and
     those are unevenly spread over workers: the global value is ``sum_w S_w / P`` with ``S_w`` a
     worker's sum and ``P`` the group's count, so worker w weighs its local mean ``S_w / P_w`` by
-    ``W * P_w / P``. One worker gets (alpha, beta) unchanged.
+    ``W * P_w / P``. One worker gets (alpha, beta) unchanged. The counts may be 0-d device tensors
+    (the step's case): the weights then stay on the device too, so the host never waits.
     """
     if world == 1:
         return alpha, beta
-    clip_share = positives_local / positives_group if positives_group > 0 else 1.0 / world
+    share = clip_share(positives_local, positives_group, world)
     beta_w = beta * world if cls_reduction == "sum" else beta
-    return alpha * world * clip_share, beta_w
+    return alpha * world * share, beta_w
+
+
+def clip_share(positives_local: Any, positives_group: Any, world: int) -> Any:
+    """This worker's fraction of the group's images with a positive label (1/W when none has
+    one); numbers or 0-d device tensors (no host synchronisation)."""
+    if isinstance(positives_group, torch.Tensor):
+        return torch.where(
+            positives_group > 0, positives_local / positives_group.clamp(min=1), 1.0 / world
+        )
+    return positives_local / positives_group if positives_group > 0 else 1.0 / world
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,9 +136,13 @@ def score_split(
     device: torch.device,
     amp: bool,
 ) -> dict[str, np.ndarray]:
-    """This worker's share of a split: rows, one score matrix per label set, and targets."""
+    """This worker's share of a split: rows, one score matrix per label set, and targets.
+
+    Everything stays on the device until the split is scored, then moves to the host in one
+    transfer per array: a copy per batch would make the host wait for every batch's forward.
+    """
     rows, targets, valid = [], [], []
-    scores: list[list[np.ndarray]] = [[] for _ in label_sets]
+    scores: list[list[torch.Tensor]] = [[] for _ in label_sets]
     model.eval()
     with torch.no_grad():
         for batch in batches:
@@ -135,18 +150,22 @@ def score_split(
             with autocast(device, amp):
                 logits = score_images(model, images, label_sets)
             for out, value in zip(scores, logits, strict=True):
-                out.append(value.float().cpu().numpy())
-            rows.append(batch["row"].cpu().numpy())  # Ray Train moves batches to the GPU
-            targets.append(batch["targets"].cpu().numpy().astype(np.uint8))
-            ok = batch["valid"].cpu().numpy() if "valid" in batch else np.ones(len(images))
-            valid.append(ok.astype(np.uint8))
+                out.append(value.float())
+            rows.append(batch["row"])  # Ray Train moves batches to the GPU
+            targets.append(batch["targets"].to(torch.uint8))
+            ok = batch["valid"] if "valid" in batch else torch.ones(len(images), device=device)
+            valid.append(ok.to(torch.uint8))
     num_labels = [int(s.shape[0]) for s in label_sets]
+
+    def host(parts: list[torch.Tensor], empty: np.ndarray) -> np.ndarray:
+        return torch.cat(parts).cpu().numpy() if parts else empty
+
     return {
-        "row": np.concatenate(rows) if rows else np.zeros(0, np.int64),
-        "valid": np.concatenate(valid) if valid else np.zeros(0, np.uint8),
-        "targets": np.concatenate(targets) if targets else np.zeros((0, num_labels[-1]), np.uint8),
+        "row": host(rows, np.zeros(0, np.int64)),
+        "valid": host(valid, np.zeros(0, np.uint8)),
+        "targets": host(targets, np.zeros((0, num_labels[-1]), np.uint8)),
         **{
-            f"scores{i}": np.concatenate(s) if s else np.zeros((0, n), np.float32)
+            f"scores{i}": host(s, np.zeros((0, n), np.float32))
             for i, (s, n) in enumerate(zip(scores, num_labels, strict=True))
         },
     }
@@ -240,21 +259,27 @@ class ClipDecoderWorker(MethodWorker):
         images = batch["image"].to(ctx.device, non_blocking=True)
         targets = batch["targets"].to(ctx.device, non_blocking=True)
         # Unreadable images (valid == 0) are left out of both terms.
-        weights = batch["valid"].to(ctx.device, torch.float32) if "valid" in batch else None
+        weights = (
+            batch["valid"].to(ctx.device, torch.float32, non_blocking=True)
+            if "valid" in batch
+            else None
+        )
         rows: Any = float(images.shape[0])  # this worker's share of the group's usable rows
         share, alpha_w, beta_w = 1.0, cfg.alpha, cfg.beta
         if ctx.world > 1:  # the group's positives and rows set this worker's loss weights
+            # All on the device: one small all-reduce, no host synchronisation.
             usable = targets[:, : len(self.labels.seen)] > 0
+            local_rows = torch.full((), rows, dtype=torch.float32, device=ctx.device)
             if weights is not None:
                 usable = usable & (weights > 0)[:, None]
-                rows = float(weights.sum())
-            positives = float(usable.any(dim=1).sum())
-            group, group_rows = ctx.all_reduce_sum([positives, rows])
+                local_rows = weights.sum()
+            counts = torch.stack([usable.any(dim=1).sum().to(torch.float32), local_rows])
+            group = ctx.group_sum(counts)
             alpha_w, beta_w = group_loss_weights(
-                cfg.alpha, cfg.beta, cfg.cls_reduction, positives, group, ctx.world
+                cfg.alpha, cfg.beta, cfg.cls_reduction, counts[0], group[0], ctx.world
             )
-            share = positives / group if group > 0 else 1.0 / ctx.world
-            rows = group_rows / ctx.world
+            share = clip_share(counts[0], group[0], ctx.world)
+            rows = group[1] / ctx.world
         elif weights is not None:
             rows = weights.sum()
         # ASL is summed here; "mean" divides by the share of usable rows x labels, so that
@@ -541,6 +566,13 @@ class ClipDecoderMethod(Method, name="clip_decoder", config_class=ClipDecoderTra
         result.final_metrics = final_test_metrics(result.history, cfg, result)
         result.final_metrics_path = storage.join(result.run_dir, FINAL_METRICS_FILE)
         storage.write_json(result.final_metrics_path, result.final_metrics)
+
+    def check(self, ctx: Any, cfg: ClipDecoderTrainConfig) -> None:
+        """TResNet + zero-shot ML-Decoder: label queries = labels x CLIP text width, the
+        cached label embeddings, memory per worker for one step on the seen labels."""
+        from core.check.training import check_clip_decoder
+
+        check_clip_decoder(ctx, cfg, self.name)
 
     def load_checkpoint(self, path: str) -> Any:
         return load_clip_decoder(path)

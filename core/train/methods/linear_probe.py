@@ -53,7 +53,7 @@ class LinearProbeWorker(MethodWorker):
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepResult:
         images = batch["image"].to(self.ctx.device, non_blocking=True)
-        labels = batch["label"].to(self.ctx.device)
+        labels = batch["label"].to(self.ctx.device, non_blocking=True)
         weights, count = row_weights(batch, self.ctx)
         logits, _ = model(images)
         per_row = F.cross_entropy(logits.float(), labels, reduction="none")
@@ -111,6 +111,13 @@ class LinearProbeMethod(Method, name="linear_probe", config_class=LinearProbeCon
         self, cfg: LinearProbeConfig, payload: dict[str, Any], ctx: WorkerContext
     ) -> LinearProbeWorker:
         return LinearProbeWorker(cfg, payload, ctx)
+
+    def check(self, ctx: Any, cfg: LinearProbeConfig) -> None:
+        """CLIP image tower + linear head trained with cross-entropy: inputs and memory per
+        worker."""
+        from core.check.training import check_classifier
+
+        check_classifier(ctx, cfg, self.name)
 
     def load_checkpoint(self, path: str) -> Any:
         from core.models.clip_classifier import load_classifier

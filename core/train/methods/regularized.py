@@ -64,15 +64,15 @@ def row_weights(batch: dict[str, torch.Tensor], ctx: WorkerContext) -> tuple[Any
     """
     if "valid" not in batch:
         return None, None
-    weights = batch["valid"].to(ctx.device, torch.float32)
+    weights = batch["valid"].to(ctx.device, torch.float32, non_blocking=True)
     count = (ctx.group_sum(weights.sum()) / ctx.world).clamp(min=1.0 / ctx.world)
     return weights, count
 
 
 def usable_rows(weights: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
     """The number of rows that count, as a float64 0-d tensor."""
-    if weights is None:
-        return torch.tensor(float(n), dtype=torch.float64, device=device)
+    if weights is None:  # a fill on the device: torch.tensor(n, device=...) would copy and wait
+        return torch.full((), float(n), dtype=torch.float64, device=device)
     return weights.sum().to(torch.float64)
 
 
@@ -89,7 +89,7 @@ def classify_split(
     with torch.no_grad():
         for batch in batches:
             images = batch["image"].to(ctx.device, non_blocking=True)
-            labels = batch["label"].to(ctx.device)
+            labels = batch["label"].to(ctx.device, non_blocking=True)
             # No collective per batch here: workers may hold different numbers of eval batches.
             weights = batch["valid"].to(ctx.device, torch.float32) if "valid" in batch else None
             with autocast(ctx.device, ctx.amp):
@@ -124,7 +124,7 @@ class RegularizedWorker(MethodWorker):
         from core.losses import regularized_ce_loss
 
         images = batch["image"].to(self.ctx.device, non_blocking=True)
-        labels = batch["label"].to(self.ctx.device)
+        labels = batch["label"].to(self.ctx.device, non_blocking=True)
         weights, count = row_weights(batch, self.ctx)
         logits, x = model(images)
         terms = regularized_ce_loss(logits, x, labels, self.means, self.cfg.alpha, weights, count)
@@ -249,6 +249,14 @@ class RegularizedMethod(Method, name="regularized", config_class=TrainRegularize
                 load_means_for(dataclasses.replace(cfg, prompt=prompt), cfg.class_means, classes)
             except ValueError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+
+    def check(self, ctx: Any, cfg: TrainRegularizedConfig) -> None:
+        """CLIP image tower + linear head, one step of ``J = CE + alpha * J_reg``: the class
+        means' width against the training CLIP's image embedding, their classes against the
+        manifest's, memory per worker."""
+        from core.check.training import check_classifier
+
+        check_classifier(ctx, cfg, self.name)
 
     def load_checkpoint(self, path: str) -> Any:
         from core.models.clip_classifier import load_classifier
