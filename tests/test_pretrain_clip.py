@@ -181,6 +181,14 @@ def test_two_workers_train_like_one_through_a_restart(one_worker, two_workers_ki
             b["val_pairs"],
         )
     assert one_worker.history[-1]["val_pairs"] == 16
+    # The checkpoint's meta.json is strict JSON: no test split, so its retrieval is null.
+    best = Path(one_worker.final_metrics["from_checkpoint"])
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"meta.json holds {constant}")
+
+    meta = json.loads((best / "meta.json").read_text(), parse_constant=refuse)
+    assert meta["method"] == "pretrain_clip" and meta["metrics"]["test_i2t"] is None
 
 
 @pytest.mark.ray
@@ -190,10 +198,14 @@ def test_its_weights_load_through_clip_pretrained_in_every_job(one_worker) -> No
     from core.models.clip_classifier import build_classifier
     from core.text.encode import TextEncoder
     from core.text.label_prompts import embed_label_prompts
+    from core.train.registry import get_method
 
     path = one_worker.final_metrics["clip_pretrained"]
     assert path == str(Path(one_worker.run_dir) / PRETRAINED_FILE)
     saved = load_file(path)
+    best = one_worker.final_metrics["from_checkpoint"]
+    loaded = get_method("pretrain_clip").load_checkpoint(best)
+    assert all(torch.equal(value, saved[k]) for k, value in loaded.state_dict().items())
     clip = ClipConfig(model_name="tiny-vit", pretrained=path, seed=123)  # seed: ignored
 
     classifier, _ = build_classifier(clip, num_classes=3)

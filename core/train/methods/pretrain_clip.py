@@ -275,7 +275,6 @@ class PretrainClipWorker(MethodWorker):
     def write_checkpoint_files(
         self, folder: str, model: torch.nn.Module, epoch: int, metrics: dict[str, Any]
     ) -> None:
-        import json
         import os
         from dataclasses import asdict
 
@@ -284,8 +283,7 @@ class PretrainClipWorker(MethodWorker):
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(folder, CLIP_FILE))
         meta = {"method": PretrainClipMethod.name, "clip": asdict(self.cfg.clip), "epoch": epoch}
-        with open(os.path.join(folder, "meta.json"), "w") as f:
-            json.dump({**meta, "metrics": metrics}, f, indent=1, default=float)
+        storage.write_json(os.path.join(folder, "meta.json"), {**meta, "metrics": metrics})
 
 
 class PretrainClipMethod(Method, name="pretrain_clip", config_class=PretrainClipConfig):
