@@ -298,3 +298,25 @@ def test_a_run_resumes_past_a_truncated_checkpoint_and_drops_unrecorded_folders(
     assert len(left) <= 3  # the 2 best by val_acc, and the latest
     assert Path(result.latest_checkpoint) in left and Path(result.best_checkpoint) in left
     assert epoch_of(Path(result.latest_checkpoint)) == 2
+
+
+def test_with_nothing_recorded_the_run_folders_newest_checkpoint_is_used(run, monkeypatch, caplog):
+    """A run stopped right after a report can leave checkpoints Ray Train never recorded: the
+    rerun resumes from the newest readable one of the run folder, with one warning line."""
+    import ray.train
+
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    model, optimizer, scheduler = _parts(seed=99)
+    with caplog.at_level(logging.INFO, logger="core.train.loop_parts"):
+        start, history = restore(model, optimizer, scheduler, rank=0, run_dir=str(run))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (start, [h["train_loss"] for h in history]) == (2, [20.0, 21.0])
+    assert _same_weights(model, _weights_of(_latest(run)))
+    assert len(warnings) == 1 and "recorded no checkpoint" in warnings[0], warnings
+    # A new run (an empty run folder) starts from scratch without a word.
+    caplog.clear()
+    empty = run.parent / "new"
+    empty.mkdir()
+    with caplog.at_level(logging.INFO, logger="core.train.loop_parts"):
+        assert restore(*_parts(seed=99), rank=0, run_dir=str(empty)) == (0, [])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from core.config import ConfigError, load_config
 from core.config.pipeline import PipelineJobConfig
 from core.data.manifest import ManifestError
+from core.train.loop_parts import FAULT_MARKER
 from ray_jobs.pipeline import STAGES, PipelineState, StageResult, StageRunner, main, run_pipeline
 
 PRESET = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs" / "pipeline_folder.yaml"
@@ -52,11 +54,40 @@ def _args(root: Path, captions: Path, storage: Path) -> list[str]:
     ]
 
 
+@dataclass
+class Killed:
+    """What the first invocation, killed during training, left behind."""
+
+    error: BaseException
+    state: dict  # pipeline_state.json after it
+    baseline_epoch0: str  # the baseline's metrics.jsonl line of epoch 0, timings included
+
+
 @pytest.fixture(scope="module")
-def first_run(ray_local, image_folder, tmp_path_factory):
+def killed_then_rerun(ray_local, image_folder, tmp_path_factory):
+    """The pipeline killed during training, then the same command again.
+
+    The kill: a baseline worker dies in epoch 1 and Ray Train may not restart it
+    (``run.max_failures=0``), so the invocation fails after the epoch-0 checkpoint. The rerun
+    leaves the kill out (``fail_at_epoch`` and ``max_failures`` are not part of any stage's key,
+    so it is the same pipeline).
+    """
     root, captions = image_folder
     storage = tmp_path_factory.mktemp("pipeline")
-    return main(_args(root, captions, storage)), storage
+    args = _args(root, captions, storage)
+    with pytest.raises(Exception) as killed:  # whatever Ray Train raises for the failed run
+        main([*args, "run.fail_at_epoch=1", "run.max_failures=0"])
+    state = json.loads((storage / "pipeline_state.json").read_text())
+    (baseline,) = storage.glob("runs/*/baseline")
+    epoch0 = (baseline / "metrics.jsonl").read_text().splitlines()
+    assert len(epoch0) == 1, epoch0  # killed after epoch 0 was reported
+    return Killed(killed.value, state, epoch0[0]), main(args), storage
+
+
+@pytest.fixture(scope="module")
+def first_run(killed_then_rerun):
+    _, result, storage = killed_then_rerun
+    return result, storage
 
 
 def _metrics(run_dir: str) -> list[dict]:
@@ -64,9 +95,27 @@ def _metrics(run_dir: str) -> list[dict]:
 
 
 @pytest.mark.ray
+def test_a_run_killed_during_training_continues_where_it_stopped(killed_then_rerun) -> None:
+    """The rerun redoes none of the stages the killed run finished, and the baseline resumes
+    from its epoch-0 checkpoint: that epoch's metrics line (timings included) is the killed
+    run's, never recomputed. (A resumed run trains exactly as an uninterrupted one: see the
+    killed-worker tests of each method.)"""
+    killed, result, _ = killed_then_rerun
+    assert "fault" in str(killed.error).lower() or "fail" in str(killed.error).lower()
+    assert set(killed.state["stages"]) == {"manifest", "captions", "class_means"}
+    assert killed.state["invocations"] == []  # a failed invocation records no line
+    assert result.skipped == ["manifest", "captions", "class_means"]
+    assert result.ran == ["training", "predict", "report"]
+    baseline = Path(result.report["baseline"]["run_dir"])
+    assert (baseline / FAULT_MARKER).is_file()
+    lines = (baseline / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == killed.baseline_epoch0
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+@pytest.mark.ray
 def test_report_holds_the_numbers_the_stages_wrote(first_run) -> None:
-    result, storage = first_run
-    assert result.ran == list(STAGES) and result.skipped == []
+    _, storage = first_run
     report = json.loads((storage / "report" / "report.json").read_text())
     for name in ("report.md", "test_accuracy.png", "confusion_matrix.png"):
         assert (storage / "report" / name).stat().st_size > 0
@@ -117,7 +166,7 @@ def test_a_rerun_skips_every_stage_and_gives_the_same_report(first_run, image_fo
     assert again.report == result.report
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched} == before
     invocations = json.loads((storage / "pipeline_state.json").read_text())["invocations"]
-    assert [i["skipped"] for i in invocations] == [[], list(STAGES)]
+    assert [i["skipped"] for i in invocations] == [list(STAGES[:3]), list(STAGES)]
 
 
 def test_a_changed_setting_reruns_its_stage_and_the_later_ones(tmp_path) -> None:

@@ -267,11 +267,12 @@ def find_resume_state(
 ) -> tuple[dict[str, Any] | None, str, list[tuple[str, str]]]:
     """(state, its folder, [(unreadable folder, why), ...]) for the newest usable checkpoint.
 
-    ``latest`` (Ray Train's latest checkpoint) is tried first, then the run folder's other
-    checkpoints newest first; ``(None, "", failures)`` when none is usable.
+    ``latest`` (Ray Train's latest checkpoint; "" when it recorded none) is tried first, then
+    the run folder's other checkpoints newest first; ``(None, "", failures)`` when none is usable.
     """
     failures: list[tuple[str, str]] = []
-    for folder in [latest, *checkpoint_candidates(fs, run_dir, exclude=latest)]:
+    first = [latest] if latest else []
+    for folder in [*first, *checkpoint_candidates(fs, run_dir, exclude=latest)]:
         try:
             state = read_training_state(fs, folder)
             _check_fits(state, model)
@@ -308,17 +309,23 @@ def restore(
     the newest readable ``checkpoint_*`` folder of the run folder (``run_dir``, default the
     latest checkpoint's parent) is used instead, with one warning line; with none, training
     starts from scratch, also with one warning line.
+
+    Ray Train records a report only when its controller next polls the workers: a run stopped
+    right after an epoch's report (a killed job, a worker lost with no retries left) can leave
+    that epoch's checkpoint written but unrecorded, or nothing recorded at all. With no recorded
+    checkpoint, the run folder's own checkpoints are used, newest first, so the rerun of a
+    stopped job still continues where it stopped.
     """
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
+    if not checkpoint and not run_dir:
         return 0, []
-    fs, latest = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    latest = checkpoint.path.rstrip("/") if checkpoint else ""
     if run_dir:
         fs, run_inner = storage.resolve(run_dir)
     else:
-        run_inner = posixpath.dirname(latest)
+        fs, run_inner = checkpoint.filesystem, posixpath.dirname(latest)
     state, used, failures = find_resume_state(fs, latest, run_inner, model)
     device = next(iter(model.parameters()), torch.zeros(())).device
     _same_on_every_rank(state["epoch"] if state else -1, device)
@@ -334,6 +341,12 @@ def restore(
         say("%s is unreadable (%s)%s; %s", posixpath.join(bad, STATE_FILE), why, others, where)
     if state is None:
         return 0, []
+    if not checkpoint:
+        say(
+            "Ray Train recorded no checkpoint of this run (it stopped before recording a report); "
+            "resuming from the run folder's %s",
+            posixpath.join(used, STATE_FILE),
+        )
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     model.load_state_dict(state["model"])
