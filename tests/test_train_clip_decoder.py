@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from _data_plan import expected_skips
 from _tolerance import assert_close_rel
 
 from core.config import ClipDecoderTrainConfig, load_config
@@ -171,17 +172,6 @@ def test_checkpoint_reloads_and_scores_like_the_run(one_worker, demo) -> None:
     assert float(np.mean(aps)) == pytest.approx(one_worker.final_metrics["zsl_map"], abs=1e-6)
 
 
-def expected_skips(manifest: str, bad: int, batch: int, seed: int = 0) -> list[int]:
-    """Unreadable rows each epoch trains on, from the data plan: the ``bad`` last training rows
-    that fall in the epoch's full global batches (the last partial batch is dropped)."""
-    from core.train.image_data import epoch_order
-
-    _, splits = load_multilabel_splits(manifest)
-    n = len(splits["train"])
-    used = (n // batch) * batch
-    return [int((epoch_order(n, seed, e)[:used] >= n - bad).sum()) for e in range(EPOCHS)]
-
-
 def test_two_workers_reach_the_one_worker_loss(
     one_worker, two_workers_flipped_killed, with_bad_images
 ) -> None:
@@ -193,7 +183,8 @@ def test_two_workers_reach_the_one_worker_loss(
     enter the ZSL metrics, which change."""
     two = two_workers_flipped_killed.history
     assert len(two) == EPOCHS
-    skips = expected_skips(with_bad_images, 2, 8)
+    num_train = len(load_multilabel_splits(with_bad_images)[1]["train"])
+    skips = expected_skips(num_train, 2, 8, EPOCHS)
     assert sum(skips) > 0  # the plan draws the unreadable rows
     for run in (one_worker, two_workers_flipped_killed):  # the unreadable images, skipped
         assert [h["skipped_images"] for h in run.history] == skips

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _data_plan import expected_skips
 
 from core.config import TrainRegularizedConfig, load_config
 from core.data.manifest import read_manifest
@@ -54,20 +55,12 @@ def with_bad_images(demo_dataset, tmp_path_factory) -> str:
 BAD_REASONS = {"missing.png": "file not found", "empty.png": "empty file", "notes.png": "not a"}
 
 
-def expected_skips(manifest: str, bad: int, batch: int, seed: int = 0) -> list[int]:
-    """Unreadable rows each epoch trains on, from the data plan: the ``bad`` last training rows
-    that fall in the epoch's full global batches (the last partial batch is dropped)."""
-    from core.train.image_data import epoch_order, load_splits
-
-    _, splits = load_splits(manifest)
-    n = len(splits["train"])
-    used = (n // batch) * batch
-    return [int((epoch_order(n, seed, e)[:used] >= n - bad).sum()) for e in range(EPOCHS)]
-
-
 def _assert_skipped_the_bad_images(run, manifest: str) -> None:
     """Each epoch skipped exactly the unreadable images it drew, and the run lists all three."""
-    assert [h["skipped_images"] for h in run.history] == expected_skips(manifest, 3, 8)
+    from core.train.image_data import load_splits
+
+    num_train = len(load_splits(manifest)[1]["train"])
+    assert [h["skipped_images"] for h in run.history] == expected_skips(num_train, 3, 8, EPOCHS)
     listed = {Path(b["path"]).name: b["reason"] for b in run.bad_images if b["split"] == "train"}
     assert listed.keys() == BAD_REASONS.keys()
     for name, start in BAD_REASONS.items():

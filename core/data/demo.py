@@ -8,7 +8,9 @@ of what is drawn, which stands in for an LMM's description when no LMM is run.
 from __future__ import annotations
 
 import io
+import itertools
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +139,28 @@ def write_png(image: Image.Image, root: str, rel: str) -> str:
     return path
 
 
+def write_class_set(
+    root: str,
+    classes: Sequence[str],
+    images_per_class: int,
+    draw: Callable[[int, str], Iterator[tuple[Image.Image, str]]],
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+) -> str:
+    """``root/images/<class>/<class>_NNNN.png`` and ``root/manifest.parquet`` (id, path, label,
+    split by a hash of the id, description); returns the manifest. ``draw(index, class)`` yields
+    the class's (image, description) pairs, from its own random stream."""
+    rows: dict[str, list] = {"id": [], "path": [], "label": [], "split": [], "description": []}
+    for index, name in enumerate(classes):
+        for k, (image, text) in enumerate(itertools.islice(draw(index, name), images_per_class)):
+            rel = f"{name}/{name}_{k:04d}.png"
+            rows["id"].append(rel)
+            rows["path"].append(write_png(image, root, rel))
+            rows["label"].append(name)
+            rows["split"].append(assign_split(rel, split_fractions))
+            rows["description"].append(text)
+    return write_manifest(pa.table(rows), storage.join(root, "manifest.parquet"))
+
+
 def generate_demo_dataset(
     root: str,
     images_per_class: int = 40,
@@ -149,16 +173,11 @@ def generate_demo_dataset(
     The manifest has the usual columns plus ``description`` (the reference description). The same
     arguments always give byte-identical images.
     """
-    rows: dict[str, list] = {"id": [], "path": [], "label": [], "split": [], "description": []}
-    for class_index, shape in enumerate(CLASSES):
-        rng = np.random.default_rng([seed, class_index])
-        for k in range(images_per_class):
+
+    def draw(index: int, shape: str) -> Iterator[tuple[Image.Image, str]]:
+        rng = np.random.default_rng([seed, index])
+        while True:
             image, sample = draw_sample(shape, rng, image_size)
-            rel = f"{shape}/{shape}_{k:04d}.png"
-            path = write_png(image, root, rel)
-            rows["id"].append(rel)
-            rows["path"].append(path)
-            rows["label"].append(shape)
-            rows["split"].append(assign_split(rel, split_fractions))
-            rows["description"].append(sample.description)
-    return write_manifest(pa.table(rows), storage.join(root, "manifest.parquet"))
+            yield image, sample.description
+
+    return write_class_set(root, CLASSES, images_per_class, draw, split_fractions)

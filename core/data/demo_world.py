@@ -22,13 +22,23 @@ fixed before any training on the set was run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from core import storage
-from core.data.demo import BACKGROUNDS, CLASSES, COLOURS, draw_shape, place_words, write_png
-from core.data.manifest import assign_split, write_manifest
+from core.data.demo import (
+    BACKGROUNDS,
+    CLASSES,
+    COLOURS,
+    draw_shape,
+    place_words,
+    write_class_set,
+    write_png,
+)
+from core.data.manifest import write_manifest
 
 SHAPES = CLASSES
 CLASS_COLOURS = ("red", "green", "blue", "yellow")
@@ -103,16 +113,12 @@ def generate_classes(
     """The classification set: ``images_per_class`` images of each (size, colour) class under
     ``root`` (``images/<class>/<class>_NNNN.png`` + ``manifest.parquet`` with ``label``, ``split``
     and ``description``); returns the manifest. Disjoint from the pool's random stream."""
-    rows: dict[str, list] = {"id": [], "path": [], "label": [], "split": [], "description": []}
-    for index, name in enumerate(world_classes()):
+
+    def draw(index: int, name: str) -> Iterator[tuple[Image.Image, str]]:
         size_word, colour = name.split("_")
         rng = np.random.default_rng([seed, 2_000_003, index])
-        for k in range(images_per_class):
+        while True:
             image, text, _ = draw_described(rng, image_size, colour=colour, size_word=size_word)
-            rel = f"{name}/{name}_{k:04d}.png"
-            rows["id"].append(rel)
-            rows["path"].append(write_png(image, root, rel))
-            rows["label"].append(name)
-            rows["split"].append(assign_split(rel, split_fractions))
-            rows["description"].append(text)
-    return write_manifest(pa.table(rows), storage.join(root, "manifest.parquet"))
+            yield image, text
+
+    return write_class_set(root, world_classes(), images_per_class, draw, split_fractions)

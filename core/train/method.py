@@ -26,6 +26,18 @@ import torch
 from torch import nn
 
 
+def existing_inputs(paths: dict[str, str]) -> dict[str, str]:
+    """``paths`` (config key → path or URI), each checked to exist (``FileNotFoundError``
+    naming the key) and made absolute: what every :meth:`Method.resolve_inputs` returns."""
+    from core import storage
+    from core.train.launch import absolute_storage
+
+    for key, path in paths.items():
+        if not storage.exists(path):
+            raise FileNotFoundError(f"{key}: {path}: no such file")
+    return {key: absolute_storage(path) for key, path in paths.items()}
+
+
 @dataclass
 class RunPlan:
     """What a method settles on the driver before any worker starts."""

@@ -20,6 +20,7 @@ from core.train.methods.regularized import (
     classifier_metric,
     classify_split,
     count_correct,
+    manifest_metric,
     resolve_classifier_inputs,
     row_weights,
     usable_rows,
@@ -96,7 +97,7 @@ class LinearProbeMethod(Method, name="linear_probe", config_class=LinearProbeCon
         return resolve_classifier_inputs(cfg, {})
 
     def checkpoint_metric(self, cfg: LinearProbeConfig) -> tuple[str, str]:
-        return classifier_metric(cfg.manifest)
+        return manifest_metric(cfg.manifest)
 
     def plan(self, cfg: LinearProbeConfig, run_dir: str) -> RunPlan:
         from core.models.open_clip_models import build_transforms
@@ -104,7 +105,7 @@ class LinearProbeMethod(Method, name="linear_probe", config_class=LinearProbeCon
 
         classes, splits = load_splits(cfg.manifest)
         train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
-        metric, mode = self.checkpoint_metric(cfg)
+        metric, mode = classifier_metric(splits)
         return RunPlan(splits, train_tf, eval_tf, {"classes": classes}, metric, mode)
 
     def worker(

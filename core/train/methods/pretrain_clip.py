@@ -29,7 +29,14 @@ from core import storage
 from core.config import ClipConfig, OptimConfig, RayConfig, TrainRunConfig
 from core.config.loader import check
 from core.train.image_data import TransformImages
-from core.train.method import Method, MethodWorker, RunPlan, StepResult, WorkerContext
+from core.train.method import (
+    Method,
+    MethodWorker,
+    RunPlan,
+    StepResult,
+    WorkerContext,
+    existing_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +152,12 @@ def _caption_pairs(captions: str, manifest: pa.Table) -> pa.Table:
             "text": table.column("caption").cast(pa.string()),
         }
     )
+
+
+def pairs_metric(pairs: pa.Table) -> tuple[str, str]:
+    """Checkpoints ranked by held-out retrieval, or by the training loss without a val split."""
+    has_val = "val" in pairs.column("split").to_pylist()
+    return ("val_retrieval", "max") if has_val else ("train_loss", "min")
 
 
 def pair_splits(pairs: pa.Table, tokenizer: Any) -> dict[str, PairRows]:
@@ -290,18 +303,13 @@ class PretrainClipMethod(Method, name="pretrain_clip", config_class=PretrainClip
     job = "pretrain_clip"
 
     def resolve_inputs(self, cfg: PretrainClipConfig) -> dict[str, str]:
-        from core.train.launch import absolute_storage
-
         manifest = cfg.manifest or demo_pool(cfg.storage)
-        paths = {"manifest": manifest, **({"captions": cfg.captions} if cfg.captions else {})}
-        for key, path in paths.items():
-            if not storage.exists(path):
-                raise FileNotFoundError(f"{key}: {path}: no such file")
-        return {key: absolute_storage(path) for key, path in paths.items()}
+        return existing_inputs(
+            {"manifest": manifest, **({"captions": cfg.captions} if cfg.captions else {})}
+        )
 
     def checkpoint_metric(self, cfg: PretrainClipConfig) -> tuple[str, str]:
-        splits = read_pairs(cfg).column("split").to_pylist()
-        return ("val_retrieval", "max") if "val" in splits else ("train_loss", "min")
+        return pairs_metric(read_pairs(cfg))
 
     def plan(self, cfg: PretrainClipConfig, run_dir: str) -> RunPlan:
         import open_clip
@@ -309,9 +317,10 @@ class PretrainClipMethod(Method, name="pretrain_clip", config_class=PretrainClip
         from core.models.open_clip_models import build_transforms, register_tiny_configs
 
         register_tiny_configs()
-        splits = pair_splits(read_pairs(cfg), open_clip.get_tokenizer(cfg.clip.model_name))
+        pairs = read_pairs(cfg)
+        splits = pair_splits(pairs, open_clip.get_tokenizer(cfg.clip.model_name))
         train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
-        metric, mode = self.checkpoint_metric(cfg)
+        metric, mode = pairs_metric(pairs)
         info = {s: len(rows) for s, rows in splits.items()}
         return RunPlan(
             splits, train_tf, eval_tf, {}, metric, mode, batch_class=TransformPairs, info=info

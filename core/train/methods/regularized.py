@@ -20,7 +20,14 @@ from core import storage
 from core.config import ConfigError, TrainRegularizedConfig
 from core.train.engine import RunResult, fit
 from core.train.launch import absolute_storage
-from core.train.method import Method, MethodWorker, RunPlan, StepResult, WorkerContext
+from core.train.method import (
+    Method,
+    MethodWorker,
+    RunPlan,
+    StepResult,
+    WorkerContext,
+    existing_inputs,
+)
 
 
 def load_means_for(cfg: TrainRegularizedConfig, path: str, classes: list[str]) -> torch.Tensor:
@@ -180,18 +187,19 @@ def resolve_classifier_inputs(cfg: Any, extra: dict[str, str]) -> dict[str, str]
     (key → default path), each checked to exist and made absolute."""
     paths = {"manifest": cfg.manifest or storage.join(cfg.storage, "demo", "manifest.parquet")}
     paths.update({key: getattr(cfg, key) or default for key, default in extra.items()})
-    for key, path in paths.items():
-        if not storage.exists(path):
-            raise FileNotFoundError(f"{key}: {path}: no such file")
-    return {key: absolute_storage(path) for key, path in paths.items()}
+    return existing_inputs(paths)
 
 
-def classifier_metric(manifest: str) -> tuple[str, str]:
+def classifier_metric(splits: dict[str, Any]) -> tuple[str, str]:
     """Checkpoints ranked by validation accuracy, or training accuracy without a val split."""
+    return ("val_acc" if len(splits["val"]) else "train_acc"), "max"
+
+
+def manifest_metric(manifest: str) -> tuple[str, str]:
+    """:func:`classifier_metric` of a manifest's splits (a sweep asks before any plan)."""
     from core.train.image_data import load_splits
 
-    _, splits = load_splits(manifest)
-    return ("val_acc" if len(splits["val"]) else "train_acc"), "max"
+    return classifier_metric(load_splits(manifest)[1])
 
 
 class RegularizedMethod(Method, name="regularized", config_class=TrainRegularizedConfig):
@@ -205,7 +213,7 @@ class RegularizedMethod(Method, name="regularized", config_class=TrainRegularize
         return resolve_classifier_inputs(cfg, {"class_means": default_means})
 
     def checkpoint_metric(self, cfg: TrainRegularizedConfig) -> tuple[str, str]:
-        return classifier_metric(cfg.manifest)
+        return manifest_metric(cfg.manifest)
 
     def plan(self, cfg: TrainRegularizedConfig, run_dir: str) -> RunPlan:
         from core.models.open_clip_models import build_transforms, embed_dim_of
@@ -222,7 +230,7 @@ class RegularizedMethod(Method, name="regularized", config_class=TrainRegularize
                 "CLIP model"
             )
         train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
-        metric, mode = self.checkpoint_metric(cfg)
+        metric, mode = classifier_metric(splits)
         return RunPlan(
             splits=splits,
             train_transform=train_tf,
