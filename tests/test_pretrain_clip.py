@@ -244,3 +244,14 @@ def test_a_finished_run_started_again_asks_for_no_stream(monkeypatch) -> None:
 
     monkeypatch.setattr(ray.train, "get_dataset_shard", no_stream)
     assert list(train_epochs(0, 3, 3, 4, 2)) == []
+
+
+def test_the_check_at_start_reads_the_pairs_before_ray(demo_dataset) -> None:
+    """A wrong text column fails in the job's check, before Ray starts, naming the key."""
+    from core.check.start import check_at_start
+
+    good = load_config(PretrainClipConfig, None, [f"manifest={demo_dataset}"])
+    assert check_at_start(good, "train", "pretrain_clip").last_line.startswith("check: ok")
+    bad = load_config(PretrainClipConfig, None, [f"manifest={demo_dataset}", "text_column=nope"])
+    with pytest.raises(ValueError, match=r"text_column: .*has no column 'nope'"):
+        check_at_start(bad, "train", "pretrain_clip")

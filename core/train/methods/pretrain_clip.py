@@ -342,10 +342,14 @@ class PretrainClipMethod(Method, name="pretrain_clip", config_class=PretrainClip
         log.info("pretrained CLIP: clip.pretrained=%s (from %s)", target, best)
 
     def check(self, ctx: Any, cfg: PretrainClipConfig) -> None:
-        """The starting weights (when named) and one worker's memory for a contrastive step
-        of both towers at the configured batch."""
+        """The pairs (read as the run reads them, so a bad manifest, captions table or text
+        column fails before Ray starts), the starting weights when named, and one worker's
+        memory for a contrastive step of both towers at the configured batch."""
         from core.check.training import check_contrastive
 
+        if cfg.manifest and storage.exists(cfg.manifest):
+            pairs = read_pairs(cfg)
+            ctx.report.note(f"pairs: {len(pairs)} image-text pairs from {cfg.manifest}")
         check_contrastive(ctx, cfg, self.name)
 
     def load_checkpoint(self, path: str) -> Any:
