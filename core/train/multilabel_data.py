@@ -19,19 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import timm
 import torch
-from torchvision import transforms as T
 
 from core.data.manifest import read_manifest
 from core.data.nus_wide import LABEL_SPLIT_FILE, LabelSplit, sibling_path
-from core.models.clip_decoder import build_backbone
 from core.train.image_data import EVAL_SPLITS, TransformImages
+
+if TYPE_CHECKING:
+    from torchvision.transforms import InterpolationMode
 
 #: Smallest crop (fraction of the image area) of the training augmentation. timm's default of
 #: 0.08 suits single-label ImageNet; in a multi-label image a small crop drops most of the labels
@@ -169,12 +169,23 @@ def backbone_data_config(backbone: str) -> dict[str, Any]:
     The driver needs only these to plan its streams; the backbone is built on the meta device, so
     no weights are allocated or downloaded.
     """
+    import timm
+
+    from core.models.clip_decoder import build_backbone
+
     with torch.device("meta"):
         net = build_backbone(backbone, pretrained=False)
     return dict(timm.data.resolve_model_data_config(net))
 
 
-def _interpolation(name: str) -> T.InterpolationMode:
+def backbone_transforms(backbone: str, image_size: int) -> tuple[Callable, Callable]:
+    """(train, eval) transforms for ``backbone`` at ``image_size``: its timm input settings."""
+    return build_multilabel_transforms(backbone_data_config(backbone), image_size)
+
+
+def _interpolation(name: str) -> InterpolationMode:
+    from torchvision import transforms as T
+
     try:
         return T.InterpolationMode(name)
     except ValueError:
@@ -192,6 +203,9 @@ def build_multilabel_transforms(
     """
     if image_size < 16:
         raise ValueError(f"model.image_size must be >= 16, got {image_size}")
+    import timm
+    from torchvision import transforms as T
+
     mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
     interpolation = str(data_config.get("interpolation", "bilinear"))
     train = T.Compose(

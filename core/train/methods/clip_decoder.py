@@ -507,10 +507,10 @@ class ClipDecoderMethod(Method, name="clip_decoder", config_class=ClipDecoderTra
         return metric_for(splits, label_split)
 
     def plan(self, cfg: ClipDecoderTrainConfig, run_dir: str) -> RunPlan:
+        from core.train.deferred_transform import deferred_transforms
         from core.train.multilabel_data import (
             TransformMultiLabelImages,
-            backbone_data_config,
-            build_multilabel_transforms,
+            backbone_transforms,
             load_multilabel_splits,
         )
 
@@ -521,8 +521,8 @@ class ClipDecoderMethod(Method, name="clip_decoder", config_class=ClipDecoderTra
             )
         if not splits["test"].has_positives(label_split.unseen_idx):
             log.warning("%s: no test image has an unseen label; ZSL mAP will be NaN", cfg.manifest)
-        train_tf, eval_tf = build_multilabel_transforms(
-            backbone_data_config(cfg.model.backbone), cfg.model.image_size
+        train_tf, eval_tf = deferred_transforms(
+            backbone_transforms, cfg.model.backbone, cfg.model.image_size
         )
         embeddings = compute_label_embeddings(cfg, label_split, cache_dir=run_dir)
         metric, mode = metric_for(splits, label_split)

@@ -101,10 +101,13 @@ class LinearProbeMethod(Method, name="linear_probe", config_class=LinearProbeCon
 
     def plan(self, cfg: LinearProbeConfig, run_dir: str) -> RunPlan:
         from core.models.open_clip_models import build_transforms
+        from core.train.deferred_transform import deferred_transforms
         from core.train.image_data import load_splits
 
         classes, splits = load_splits(cfg.manifest)
-        train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
+        train_tf, eval_tf = deferred_transforms(
+            build_transforms, cfg.clip.model_name, cfg.clip.pretrained
+        )
         metric, mode = classifier_metric(splits)
         return RunPlan(splits, train_tf, eval_tf, {"classes": classes}, metric, mode)
 

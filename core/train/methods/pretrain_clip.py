@@ -315,11 +315,14 @@ class PretrainClipMethod(Method, name="pretrain_clip", config_class=PretrainClip
         import open_clip
 
         from core.models.open_clip_models import build_transforms, register_tiny_configs
+        from core.train.deferred_transform import deferred_transforms
 
         register_tiny_configs()
         pairs = read_pairs(cfg)
         splits = pair_splits(pairs, open_clip.get_tokenizer(cfg.clip.model_name))
-        train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
+        train_tf, eval_tf = deferred_transforms(
+            build_transforms, cfg.clip.model_name, cfg.clip.pretrained
+        )
         metric, mode = pairs_metric(pairs)
         info = {s: len(rows) for s, rows in splits.items()}
         return RunPlan(

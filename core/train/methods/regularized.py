@@ -217,6 +217,7 @@ class RegularizedMethod(Method, name="regularized", config_class=TrainRegularize
 
     def plan(self, cfg: TrainRegularizedConfig, run_dir: str) -> RunPlan:
         from core.models.open_clip_models import build_transforms, embed_dim_of
+        from core.train.deferred_transform import deferred_transforms
         from core.train.image_data import load_splits
 
         classes, splits = load_splits(cfg.manifest)
@@ -229,7 +230,9 @@ class RegularizedMethod(Method, name="regularized", config_class=TrainRegularize
                 f"{cfg.clip.model_name} embeds images in {width}; build the means with the same "
                 "CLIP model"
             )
-        train_tf, eval_tf = build_transforms(cfg.clip.model_name, cfg.clip.pretrained)
+        train_tf, eval_tf = deferred_transforms(
+            build_transforms, cfg.clip.model_name, cfg.clip.pretrained
+        )
         metric, mode = classifier_metric(splits)
         return RunPlan(
             splits=splits,
