@@ -403,3 +403,31 @@ def test_concurrent_trials_beyond_the_cluster_fail() -> None:
     )
     last = text.splitlines()[-1]
     assert status == 1 and "20 GPUs" in last and "16" in last, last
+
+
+def test_a_measurement_is_made_once_per_configuration(monkeypatch) -> None:
+    """Checking a preset again measures nothing again and reports the same numbers; a preset
+    that changes what a measurement depends on (here the prompt's length) is measured anew."""
+    from core.check import memory
+
+    calls: list[int] = []
+    measure = memory.measure_forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "_MEASURED", {})
+    monkeypatch.setattr(memory, "measure_forward", counted)
+    preset = ["--config", str(CONFIGS / "caption_minigpt4_tiny.yaml")]
+    first, first_text = check(preset)
+    made = len(calls)
+    again, again_text = check(preset)
+    assert first == again == 0 and made > 0
+
+    assert len(calls) == made
+    assert again_text.splitlines()[-1] == first_text.splitlines()[-1]  # params, peak, max batch
+    longer = "Describe every object in this image, its colour, its size and where it is."
+    status, text = check([*preset, f"captioner.prompts=[{longer}]"])
+    assert status == 0 and len(calls) > made
+    assert text.splitlines()[-1] != first_text.splitlines()[-1]  # a larger prefill

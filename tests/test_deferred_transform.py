@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -38,18 +39,30 @@ def test_applying_equals_the_eager_transforms_under_the_same_seed(factory, args)
             assert torch.equal(got, expected)
 
 
-def test_unpickling_imports_neither_open_clip_nor_torchvision() -> None:
-    """What Ray Train's controller and dataset manager do with a run's streams."""
-    train, _ = deferred_transforms(build_transforms, "tiny-vit", "")
+def _imported_by_unpickling(obj: object) -> list[str]:
+    """The heavy packages a fresh interpreter imports to unpickle ``obj``."""
     code = (
-        "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
-        "print(sorted(m for m in ('open_clip', 'torchvision', 'timm', 'transformers') "
-        "if m in sys.modules))"
+        "import json, pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
+        "print(json.dumps([m for m in ('torch', 'open_clip', 'torchvision', 'timm', "
+        "'transformers') if m in sys.modules]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], input=pickle.dumps(train), capture_output=True, check=True
+        [sys.executable, "-c", code], input=pickle.dumps(obj), capture_output=True, check=True
     )
-    assert out.stdout.decode().strip() == "[]"
+    return json.loads(out.stdout)
+
+
+def test_a_streams_batch_function_unpickles_without_torch_or_open_clip() -> None:
+    """What Ray Train's controller and dataset manager do with a run's streams: only the
+    decoding tasks that apply the transform import what it needs."""
+    import pyarrow as pa
+
+    from core.train.image_data import TransformImages
+
+    train, _ = deferred_transforms(build_transforms, "tiny-vit", "")
+    assert _imported_by_unpickling(train) == []
+    rows = pa.table({"id": ["a"], "path": ["/nowhere/a.png"], "label": [0]})
+    assert _imported_by_unpickling(TransformImages(rows, train, seed=0)) == []
 
 
 def test_a_bad_setting_fails_where_the_transforms_are_planned() -> None:

@@ -152,13 +152,17 @@ def generation_peak(
         embeds = fake_device.fake_tensor(mode, (batch, prompt_len, hidden), dtype, device)
         return llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
 
-    with mode, fake_device.gpu_attention(), torch.no_grad():
-        stats = memory.measure_forward(prefill)
+    def measure() -> int:
+        with mode, fake_device.gpu_attention(), torch.no_grad():
+            return memory.measure_forward(prefill).peak_live
+
+    key = ("prefill", type(llm).__name__, memory.config_key(values), batch, prompt_len)
+    peak_live = memory.measured_once((*key, str(dtype), str(device)), measure)
     item = torch.empty((), dtype=dtype).element_size()
     per_layer = 2 * batch * (prompt_len + new_tokens) * kv * head_dim * item
     # Growing the cache copies one layer's keys and values; logits and scores are float32.
     temporaries = per_layer + 2 * batch * vocab * 4
-    return stats.peak_live, layers * per_layer, temporaries
+    return peak_live, layers * per_layer, temporaries
 
 
 def _context(r: Any, llm: str, prompt: tuple[int, str, int], new: int, limit: int) -> None:
@@ -233,7 +237,8 @@ def _check_minigpt4(ctx: Context, cfg: Any, paths: dict[str, str]) -> None:
     queries = int(side.query_tokens.shape[1])
     limit = int(llm.values.get("max_position_embeddings", 2048))
     _context(ctx.report, llm.name, (text_tokens, how, queries), cap.max_new_tokens, limit)
-    _minigpt4_memory(ctx, cap, side, proj[:2], llm, text_tokens + queries)
+    side_key = memory.config_key(blip2)
+    _minigpt4_memory(ctx, cap, (side, side_key), proj[:2], llm, text_tokens + queries)
 
 
 def _minigpt4_agreements(
@@ -291,12 +296,13 @@ def _minigpt4_agreements(
 def _minigpt4_memory(
     ctx: Context,
     cap: Any,
-    side: meta_build.Blip2ImageSide,
+    image_side: tuple[meta_build.Blip2ImageSide, str],  # and its configuration's key
     proj_shape: tuple[int, int],
     llm: LLMSpec,
     prompt_len: int,
 ) -> None:
     """One actor: weights in the backend's dtypes, image encoding, prefill and KV cache."""
+    side, side_key = image_side
     placement = ctx.placement(cap.num_gpus)
     device = device_of(placement)
     dtype = _dtype(cap.dtype, device)
@@ -336,8 +342,12 @@ def _minigpt4_memory(
             ).last_hidden_state
             return parts["proj"](out.to(dtype))
 
-        with mode, fake_device.gpu_attention(), torch.no_grad():
-            return memory.measure_forward(run).peak_live
+        def measure() -> int:
+            with mode, fake_device.gpu_attention(), torch.no_grad():
+                return memory.measure_forward(run).peak_live
+
+        key = ("minigpt4 images", side_key, proj_shape, batch, str(dtype), str(device))
+        return memory.measured_once(key, measure)
 
     def peak_at(batch: int) -> tuple[int, str]:
         images = encode(batch)
@@ -485,8 +495,12 @@ def _llava_memory(ctx: Context, cap: Any, model: nn.Module, source: str, prompt_
             pixels = fake_device.fake_tensor(mode, (batch, 3, size, size), dtype, device)
             return model.model.get_image_features(pixel_values=pixels)
 
-        with mode, fake_device.gpu_attention(), torch.no_grad():
-            return memory.measure_forward(run).peak_live
+        def measure() -> int:
+            with mode, fake_device.gpu_attention(), torch.no_grad():
+                return memory.measure_forward(run).peak_live
+
+        key = ("llava images", memory.config_key(model.config.to_dict()), batch)
+        return memory.measured_once((*key, str(dtype), str(device)), measure)
 
     def peak_at(batch: int) -> tuple[int, str]:
         images = encode(batch)

@@ -27,15 +27,18 @@ new tokens) with the decoding step's temporaries.
 
 from __future__ import annotations
 
+import json
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+T = TypeVar("T")
 
 GIB = 1024**3
 
@@ -106,6 +109,28 @@ def measure_forward(fn: Callable[[], Any], existing: Iterable[torch.Tensor] = ()
     stats = ForwardStats(sum(saved.values()), tracker.peak, max(saved.values(), default=0))
     del result
     return stats
+
+
+#: Measurements already made in this process, by what determines them.
+_MEASURED: dict[Hashable, Any] = {}
+
+
+def measured_once(key: Hashable, measure: Callable[[], T]) -> T:
+    """``measure()``, made once per process for each ``key``.
+
+    A fake forward of a 7B LLM takes about a second and every preset with the same captioner
+    measures the same thing (checking several presets in one process, as the pipeline and the
+    test suite do). ``key`` must hold everything the result depends on: the model configuration,
+    the shapes and batch, the dtype and the device.
+    """
+    if key not in _MEASURED:
+        _MEASURED[key] = measure()
+    return _MEASURED[key]
+
+
+def config_key(values: dict[str, Any]) -> str:
+    """A model configuration's values as one hashable text (for :func:`measured_once`)."""
+    return json.dumps(values, sort_keys=True, default=str)
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:

@@ -28,16 +28,18 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 from PIL import Image
 
 from core import storage
 from core.data.images import ImageLoadError, load_image
 from core.data.manifest import read_manifest
+
+if TYPE_CHECKING:  # torch is imported where images are transformed: Ray Train's dataset manager
+    import torch  # unpickles this module's batch functions and never needs it
 
 #: Ray Train dataset names: ``train_from_e{epoch}_r{rank}``, ``val_r{rank}``, ``test_r{rank}``.
 EVAL_SPLITS = ("val", "test")
@@ -231,6 +233,8 @@ class TransformImages:
     def image(self, path: str, row: int, epoch: int) -> np.ndarray:
         """One row's model input: decoded, then transformed under the row's own seed (so any
         worker draws the same augmentation); ``ImageLoadError`` for an unusable file."""
+        import torch
+
         array = load_image(path, max_side=self.max_side)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(row_seed(self.seed, epoch, row))
@@ -242,6 +246,8 @@ class TransformImages:
 
     def blank_shape(self) -> tuple[int, ...]:
         """The transform's output shape, from a small blank image (for all-bad batches)."""
+        import torch
+
         with torch.random.fork_rng(devices=[]):
             return tuple(self.transform(Image.new("RGB", (32, 32))).shape)
 
