@@ -1,8 +1,8 @@
 """Resuming survives unreadable checkpoints, and a run keeps only the checkpoints Ray Train lists.
 
-Unit tests drive ``restore`` on checkpoint folders written here (no Ray); one short Ray run is
-killed, has its latest checkpoint truncated and an unrecorded folder planted beside it, and is
-resumed without a single retry.
+Unit tests drive ``restore`` on checkpoint folders written here (no Ray). The same through Ray
+Train, a run killed, its latest checkpoint truncated and an unrecorded folder planted beside it,
+then resumed, is the pipeline's kill-and-rerun test (``test_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -232,72 +232,6 @@ def test_on_s3_the_fallback_and_the_clean_up_work_through_pyarrow(tmp_path, monk
     assert removed == ["checkpoint_c"]
     assert storage.list_dirs(run_dir, "checkpoint_") == ["checkpoint_a", "checkpoint_b"]
     assert storage.exists(storage.join(run_dir, "checkpoint_a", STATE_FILE))
-
-
-# ---------------------------------------------------------------------------------------------
-# One short Ray Train run: killed, latest checkpoint truncated, a folder planted, resumed
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.ray
-def test_a_run_resumes_past_a_truncated_checkpoint_and_drops_unrecorded_folders(
-    ray_local, demo_dataset, tmp_path
-) -> None:
-    from core.config import TrainRegularizedConfig, load_config
-    from core.data.manifest import read_manifest
-    from core.text.class_means import ClassMeans, save_class_means
-    from core.train.methods.regularized import train_regularized
-
-    classes = sorted(set(read_manifest(demo_dataset).column("label").to_pylist()))
-    means = torch.nn.functional.normalize(torch.randn(len(classes), 32), dim=1)
-    means_path = str(tmp_path / "class_means.safetensors")
-    save_class_means(means_path, ClassMeans(classes, means, [1] * len(classes), prompts=["p"]))
-    cfg = load_config(
-        TrainRegularizedConfig,
-        None,
-        [
-            f"storage={tmp_path}",
-            f"manifest={demo_dataset}",
-            f"class_means={means_path}",
-            "name=resume",
-            "run.epochs=3",
-            "run.batch_size=8",
-            "run.keep_checkpoints=2",
-            "run.fail_at_epoch=2",  # the worker dies once, in epoch 2
-            "run.max_failures=0",  # ... and nothing is retried: not then, not on resume
-        ],
-    )
-    with pytest.raises(Exception, match="worker"):
-        train_regularized(cfg)
-    run = tmp_path / "runs" / "resume"
-    before = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in before] == [0, 1]
-
-    def epoch_of(folder: Path) -> int:
-        return json.loads((folder / "meta.json").read_text())["epoch"]
-
-    folders = {epoch_of(f): f for f in run.glob("checkpoint_*") if f.is_dir()}
-    assert sorted(folders) == [0, 1]
-    _truncate(folders[1] / STATE_FILE)  # Ray Train's latest
-    planted = run / "checkpoint_2999-01-01_00-00-00.000000"  # written, never recorded
-    shutil.copytree(folders[0], planted)
-    (planted / "meta.json").write_text(json.dumps({"epoch": 9}))
-    _truncate(planted / STATE_FILE)
-
-    result = train_regularized(cfg).runs[0]
-
-    history = result.history
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert history[0] == before[0]  # restored from the epoch-0 checkpoint, timings included
-    assert history[1]["epoch_seconds"] != before[1]["epoch_seconds"]  # epoch 1 trained again
-    for key in ("train_loss", "train_ce", "train_reg"):  # ... from the same state and data
-        assert history[1][key] == pytest.approx(before[1][key], rel=1e-6)
-    assert history[1]["train_acc"] == before[1]["train_acc"]
-    assert not planted.exists()
-    left = [f for f in run.glob("checkpoint_*") if f.is_dir()]
-    assert len(left) <= 3  # the 2 best by val_acc, and the latest
-    assert Path(result.latest_checkpoint) in left and Path(result.best_checkpoint) in left
-    assert epoch_of(Path(result.latest_checkpoint)) == 2
 
 
 def test_with_nothing_recorded_the_run_folders_newest_checkpoint_is_used(run, monkeypatch, caplog):

@@ -98,7 +98,7 @@ class Head:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
-            time.sleep(1.0)
+            time.sleep(0.25)
         pytest.fail(f"job server not up after {START_TIMEOUT:.0f}s:\n{tail(self.log)}")
 
     def stop(self) -> None:
@@ -153,7 +153,7 @@ def test_submitted_caption_job_succeeds_and_writes_parquet(head, tmp_path) -> No
     deadline = time.monotonic() + JOB_TIMEOUT
     status = client.get_job_status(submission_id)
     while not status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(1.0)
+        time.sleep(0.25)
         status = client.get_job_status(submission_id)
     logs = client.get_job_logs(submission_id)
     assert status == JobStatus.SUCCEEDED, f"job ended {status}:\n{logs[-6000:]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from _background import start as start_in_background
 
 from core.config import ConfigError, load_config
 from core.config.pipeline import PipelineJobConfig
 from core.data.manifest import ManifestError
-from core.train.loop_parts import FAULT_MARKER
+from core.train.loop_parts import FAULT_MARKER, STATE_FILE
 from ray_jobs.pipeline import STAGES, PipelineState, StageResult, StageRunner, main, run_pipeline
 
 PRESET = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs" / "pipeline_folder.yaml"
 CLASSES = ("circle", "square", "triangle", "diamond")
+EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
@@ -49,39 +52,82 @@ def _args(root: Path, captions: Path, storage: Path) -> list[str]:
         f"storage={storage}",
         "captioner=reference",
         f"captioner.reference.file={captions}",
-        "run.epochs=2",
+        f"run.epochs={EPOCHS}",
         "run.batch_size=8",
     ]
 
 
 @dataclass
 class Killed:
-    """What the first invocation, killed during training, left behind."""
+    """What the first invocation, killed during training, left behind (and what was done to
+    its checkpoints before the rerun)."""
 
     error: BaseException
     state: dict  # pipeline_state.json after it
-    baseline_epoch0: str  # the baseline's metrics.jsonl line of epoch 0, timings included
+    baseline_lines: list[str]  # the baseline's metrics.jsonl lines, timings included
+    planted: Path  # a checkpoint folder written but never recorded, planted before the rerun
+    uninterrupted: object  # the baseline trained again elsewhere, never killed (a RunResult)
+
+
+def _epoch_of(folder: Path) -> int:
+    return json.loads((folder / "meta.json").read_text())["epoch"]
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _uninterrupted_baseline(args: list[str], state: dict, storage: Path):
+    """The pipeline's baseline training, from the same manifest and class means, in its own
+    folder and never interrupted: what the killed baseline must end up equal to."""
+    import dataclasses
+
+    from core.train.methods.regularized import train_regularized
+
+    cfg = load_config(PipelineJobConfig, PRESET, args[2:])
+    stages = state["stages"]
+    training = cfg.training(
+        name="baseline",
+        manifest=stages["manifest"]["outputs"]["manifest"],
+        class_means=stages["class_means"]["outputs"]["class_means"],
+    )
+    return train_regularized(dataclasses.replace(training, storage=str(storage), alpha=0.0)).runs[0]
 
 
 @pytest.fixture(scope="module")
 def killed_then_rerun(ray_local, image_folder, tmp_path_factory):
     """The pipeline killed during training, then the same command again.
 
-    The kill: a baseline worker dies in epoch 1 and Ray Train may not restart it
-    (``run.max_failures=0``), so the invocation fails after the epoch-0 checkpoint. The rerun
-    leaves the kill out (``fail_at_epoch`` and ``max_failures`` are not part of any stage's key,
-    so it is the same pipeline).
+    The kill: a baseline worker dies in epoch 2 and Ray Train may not restart it
+    (``run.max_failures=0``), so the invocation fails after the checkpoints of epochs 0 and 1.
+    Before the rerun, the latest of them (Ray Train's record) is truncated, as a crash while
+    writing it would leave it, and a folder a worker wrote but Ray Train never recorded is planted
+    beside them. The rerun leaves the kill out (``fail_at_epoch`` and ``max_failures`` are not
+    part of any stage's key, so it is the same pipeline). Meanwhile the same baseline is trained
+    elsewhere without interruption, to compare with.
     """
     root, captions = image_folder
     storage = tmp_path_factory.mktemp("pipeline")
     args = _args(root, captions, storage)
     with pytest.raises(Exception) as killed:  # whatever Ray Train raises for the failed run
-        main([*args, "run.fail_at_epoch=1", "run.max_failures=0"])
+        main([*args, "run.fail_at_epoch=2", "run.max_failures=0"])
     state = json.loads((storage / "pipeline_state.json").read_text())
     (baseline,) = storage.glob("runs/*/baseline")
-    epoch0 = (baseline / "metrics.jsonl").read_text().splitlines()
-    assert len(epoch0) == 1, epoch0  # killed after epoch 0 was reported
-    return Killed(killed.value, state, epoch0[0]), main(args), storage
+    lines = (baseline / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # killed in epoch 2
+    folders = {_epoch_of(f): f for f in baseline.glob("checkpoint_*") if f.is_dir()}
+    assert sorted(folders) == [0, 1]
+    _truncate(folders[1] / STATE_FILE)  # Ray Train's latest
+    planted = baseline / "checkpoint_2999-01-01_00-00-00.000000"  # written, never recorded
+    shutil.copytree(folders[0], planted)
+    (planted / "meta.json").write_text(json.dumps({"epoch": 9}))
+    _truncate(planted / STATE_FILE)
+    reference = start_in_background(
+        _uninterrupted_baseline, args, state, tmp_path_factory.mktemp("uninterrupted")
+    )
+    result = main(args)
+    return Killed(killed.value, state, lines, planted, reference.result()), result, storage
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +142,10 @@ def _metrics(run_dir: str) -> list[dict]:
 
 @pytest.mark.ray
 def test_a_run_killed_during_training_continues_where_it_stopped(killed_then_rerun) -> None:
-    """The rerun redoes none of the stages the killed run finished, and the baseline resumes
-    from its epoch-0 checkpoint: that epoch's metrics line (timings included) is the killed
-    run's, never recomputed. (A resumed run trains exactly as an uninterrupted one: see the
-    killed-worker tests of each method.)"""
+    """The rerun redoes none of the stages the killed run finished. The baseline resumes from
+    the newest checkpoint it can read: epoch 0, its epoch-1 one being truncated. So the epoch-0
+    metrics line (timings included) is the killed run's, never recomputed, and epoch 1 is trained
+    again from the same state and data, to the same numbers."""
     killed, result, _ = killed_then_rerun
     assert "fault" in str(killed.error).lower() or "fail" in str(killed.error).lower()
     assert set(killed.state["stages"]) == {"manifest", "captions", "class_means"}
@@ -109,8 +155,48 @@ def test_a_run_killed_during_training_continues_where_it_stopped(killed_then_rer
     baseline = Path(result.report["baseline"]["run_dir"])
     assert (baseline / FAULT_MARKER).is_file()
     lines = (baseline / "metrics.jsonl").read_text().splitlines()
-    assert lines[0] == killed.baseline_epoch0
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert lines[0] == killed.baseline_lines[0]
+    history = [json.loads(line) for line in lines]
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    before = json.loads(killed.baseline_lines[1])
+    assert history[1]["epoch_seconds"] != before["epoch_seconds"]  # epoch 1 trained again
+    for key in ("train_loss", "train_ce", "train_reg"):
+        assert history[1][key] == pytest.approx(before[key], rel=1e-6)
+    assert history[1]["train_acc"] == before["train_acc"]
+
+
+@pytest.mark.ray
+def test_the_resumed_run_keeps_only_the_checkpoints_ray_train_lists(killed_then_rerun) -> None:
+    """The planted folder (unreadable, and in no record) is gone; what is left is at most the
+    kept best ones and the latest, which is the last epoch's and the one the report used."""
+    killed, result, _ = killed_then_rerun
+    assert not killed.planted.exists()
+    baseline = Path(result.report["baseline"]["run_dir"])
+    left = {_epoch_of(f): f for f in baseline.glob("checkpoint_*") if f.is_dir()}
+    assert len(left) <= 3 and max(left) == EPOCHS - 1  # keep_checkpoints (2) + the latest
+    assert Path(result.report["baseline"]["checkpoint"]) == left[EPOCHS - 1]
+
+
+@pytest.mark.ray
+def test_the_killed_and_rerun_pipeline_reports_what_an_uninterrupted_run_gives(
+    killed_then_rerun,
+) -> None:
+    """The baseline, killed in epoch 1 and resumed by the rerun, ends where the same training
+    run never interrupted ends: every epoch's metrics (timings aside) and the report's numbers
+    for it. (The regularized run of the rerun was never interrupted.)"""
+    killed, result, _ = killed_then_rerun
+    reference = killed.uninterrupted
+    resumed = _metrics(result.report["baseline"]["run_dir"])
+    timings = {"epoch_seconds", "train_seconds", "eval_seconds"}
+    for got, expected in zip(resumed, reference.history, strict=True):
+        expected = {k: v for k, v in expected.items() if k not in timings}
+        assert {k: v for k, v in got.items() if k not in timings} == pytest.approx(
+            expected, rel=1e-6, nan_ok=True
+        )
+        assert got["train_acc"] == expected["train_acc"]
+    report = result.report["baseline"]
+    assert report["test_acc"] == reference.history[-1]["test_acc"]
+    assert report["test_acc_per_epoch"] == [h["test_acc"] for h in reference.history]
 
 
 @pytest.mark.ray
@@ -128,7 +214,7 @@ def test_report_holds_the_numbers_the_stages_wrote(first_run) -> None:
     for name, alpha in (("baseline", 0.0), ("regularized", 0.1)):
         model = report[name]
         history = _metrics(model["run_dir"])
-        assert [h["epoch"] for h in history] == [0, 1]
+        assert [h["epoch"] for h in history] == list(range(EPOCHS))
         assert history[-1]["alpha"] == alpha == model["alpha"]
         assert model["test_acc"] == history[-1]["test_acc"]
         assert model["test_acc_per_epoch"] == [h["test_acc"] for h in history]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _background import start as start_in_background
 from _data_plan import expected_skips
 
 from core.config import TrainRegularizedConfig, load_config
@@ -90,7 +91,7 @@ def _config(storage: Path, manifest: str, means: str, *overrides: str) -> TrainR
 
 
 @pytest.fixture(scope="module")
-def one_worker(ray_local, with_bad_images, means_file, tmp_path_factory):
+def one_worker(ray_local, with_bad_images, means_file, tmp_path_factory, two_workers_started):
     """Run with a RELATIVE storage root and the default class-means path under it, as the
     demo does: Train workers run in their own folder, so the driver must resolve both."""
     root = tmp_path_factory.mktemp("w1")
@@ -124,9 +125,9 @@ def test_one_worker_run_writes_every_epoch_and_a_loadable_checkpoint(one_worker)
 
 
 @pytest.fixture(scope="module")
-def two_workers_killed(ray_local, with_bad_images, means_file, tmp_path_factory):
+def two_workers_started(ray_local, with_bad_images, means_file, tmp_path_factory):
     """Two workers, the last one killed once mid-epoch 1: Ray Train restarts the group from the
-    epoch-0 checkpoint."""
+    epoch-0 checkpoint. Started in the background while the one-worker run trains."""
     cfg = _config(
         tmp_path_factory.mktemp("w2"),
         with_bad_images,
@@ -136,7 +137,12 @@ def two_workers_killed(ray_local, with_bad_images, means_file, tmp_path_factory)
         "run.fail_at_epoch=1",
         "run.max_failures=1",
     )
-    return train_regularized(cfg).runs[0]
+    return start_in_background(train_regularized, cfg)
+
+
+@pytest.fixture(scope="module")
+def two_workers_killed(two_workers_started):
+    return two_workers_started.result().runs[0]
 
 
 def test_two_workers_reach_the_one_worker_loss(
@@ -183,7 +189,8 @@ def test_means_of_another_width_are_refused_before_any_worker(demo_dataset, tmp_
 
 def test_prediction_reproduces_the_checkpoint_test_accuracy(one_worker, demo_dataset, tmp_path):
     """The predict job on the test split gives exactly the test accuracy the trainer reported
-    for that checkpoint; a broken image becomes an error row and the rest is still predicted."""
+    for that checkpoint, with a broken test image among them: it becomes an error row, left out
+    of the accuracy, and the rest is predicted."""
     import pyarrow as pa
 
     from core.config import PredictJobConfig
@@ -192,32 +199,31 @@ def test_prediction_reproduces_the_checkpoint_test_accuracy(one_worker, demo_dat
 
     checkpoint = one_worker.best_checkpoint
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    rows = read_manifest(demo_dataset).to_pylist()
+    test_images = sum(r["split"] == "test" for r in rows)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    rows.append({**rows[0], "id": "broken.png", "path": str(broken), "split": "test"})
+    manifest = write_manifest(pa.Table.from_pylist(rows), str(tmp_path / "manifest.parquet"))
     cfg = load_config(
         PredictJobConfig,
         None,
-        [f"checkpoint={one_worker.run_dir}", f"manifest={demo_dataset}", "batch_size=8"],
+        [f"checkpoint={one_worker.run_dir}", f"manifest={manifest}", "batch_size=8"],
     )
-    cfg.checkpoint = checkpoint
+    cfg.checkpoint, cfg.output = checkpoint, str(tmp_path / "pred")
     summary = run_prediction(cfg)
-    assert summary.failed == 0
+    assert summary.failed == 1 and summary.images == test_images
     assert summary.accuracy == pytest.approx(meta["metrics"]["test_acc"], abs=1e-12)
     report = json.loads(Path(summary.accuracy_path).read_text())
     per_class = report["per_class"]
     correct = sum(round(c["accuracy"] * c["images"]) for c in per_class.values())
     assert correct / report["images"] == pytest.approx(report["accuracy"])
 
-    rows = read_manifest(demo_dataset).to_pylist()
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"not an image")
-    rows.append({**rows[0], "id": "broken.png", "path": str(broken), "split": "test"})
-    manifest = write_manifest(pa.Table.from_pylist(rows), str(tmp_path / "manifest.parquet"))
-    cfg.manifest, cfg.output = manifest, str(tmp_path / "pred")
-    again = run_prediction(cfg)
-    assert again.failed == 1 and again.images == summary.images
-    table = pa.parquet.read_table(again.output).to_pylist()
+    table = pa.parquet.read_table(summary.output).to_pylist()
     bad = [r for r in table if r["id"] == "broken.png"]
     assert bad[0]["error"].startswith("not a recognised image format") and not bad[0]["predicted"]
     good = [r for r in table if not r["error"]]
+    assert len(good) == test_images
     assert all(
         len(r["top_classes"]) == 5 and r["top_probs"] == sorted(r["top_probs"], reverse=True)
         for r in good

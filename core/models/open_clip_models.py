@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,20 +46,25 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 _FAN_IN_DIMS = {"proj": 0, "text_projection": 0}
 
 
+_REGISTER_LOCK = threading.Lock()
+
+
 def register_tiny_configs() -> None:
     """Add the tiny configs to open_clip's registry (idempotent, per process).
 
     open_clip's public registration reads JSON files from a path; it keeps what it read in memory
     (rescans skip paths that no longer exist), so the files live in a temporary folder that is
     removed as soon as they are read: one process, Ray worker or not, leaves nothing behind.
+    Threads take turns: a rescan by one must not meet the folder another is removing.
     """
-    missing = {n: c for n, c in TINY_CONFIGS.items() if n not in open_clip.list_models()}
-    if not missing:
-        return
-    with tempfile.TemporaryDirectory(prefix="open-clip-tiny-") as folder:
-        for name, cfg in missing.items():
-            Path(folder, f"{name}.json").write_text(json.dumps(cfg))
-        open_clip.add_model_config(folder)
+    with _REGISTER_LOCK:
+        missing = {n: c for n, c in TINY_CONFIGS.items() if n not in open_clip.list_models()}
+        if not missing:
+            return
+        with tempfile.TemporaryDirectory(prefix="open-clip-tiny-") as folder:
+            for name, cfg in missing.items():
+                Path(folder, f"{name}.json").write_text(json.dumps(cfg))
+            open_clip.add_model_config(folder)
     unregistered = sorted(set(missing) - set(open_clip.list_models()))
     if unregistered:
         raise RuntimeError(f"open_clip did not register the tiny configs {unregistered}")
