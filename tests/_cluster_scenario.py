@@ -2,15 +2,16 @@
 
 The run (``_cluster_pipeline.py``: a 3-node ``ray.cluster_utils.Cluster`` running caption,
 class_descriptions and a 2-worker train_regularized with every output on ``s3://``) costs about
-two minutes on 2 cores, mostly Ray and Train start-up; both files check a different side of the
+a minute on 2 cores, mostly Ray and Train start-up; both files check a different side of the
 same run (where the work ran; what landed on S3) instead of paying for it twice. It is also the
 realistic combination: on more than one node, Train's ``storage_path`` must be shared storage.
 
-Pytest fixtures cannot be shared between two test modules without a conftest, so the run is
-cached here, per process, on first use by either module; a failed run is remembered and reported
-to the second module instead of being repeated. The S3 server is a moto server on 127.0.0.1 that
-lives until the test process exits. Without a usable moto the run uses a local folder, so the
-placement checks still run and the S3 checks skip.
+The run is cached here, per process: ``conftest`` starts it in the background when the suite
+reaches its single-core stretch (if either module is selected), and the first module to need it
+waits for it; a failed run is remembered and reported to the second module instead of being
+repeated. The S3 server is a moto server on 127.0.0.1 that lives until the test process exits.
+Without a usable moto the run uses a local folder, so the placement checks still run and the S3
+checks skip.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _background import Background
 from _isolated_ray import run_isolated
 
 BUCKET = "lmm-clip"
@@ -53,6 +55,7 @@ class _Cache:
     server_reason: str = ""
     run: ClusterRun | None = None
     run_failure: str = ""
+    pending: Background | None = None  # the run, started
 
 
 _cache = _Cache()
@@ -105,27 +108,42 @@ def s3_server() -> tuple[S3Server | None, str]:
     return _cache.server, ""
 
 
-def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> ClusterRun:
-    """The shared run's result (made on the first call in this process)."""
-    if _cache.run is not None:
-        return _cache.run
-    if _cache.run_failure:
-        pytest.fail(f"the shared cluster run failed earlier in this session:\n{_cache.run_failure}")
+def start_cluster_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Start the shared run in the background (once per process).
+
+    It runs in its own Ray, in a child process, so it can overlap the tests before the modules
+    that use it (``conftest`` starts it): most of its minute is processes starting up.
+    """
+    if _cache.pending is not None:
+        return
     server, _ = s3_server()
     workdir = tmp_path_factory.mktemp("cluster_run")
     root = f"s3://{server.bucket}/run" if server else str(workdir / "storage")
     result_path, log = workdir / "result.json", workdir / "pipeline.log"
-    try:
+
+    def run() -> ClusterRun:
         run_isolated(
             ["python", str(DRIVER), root, str(result_path)],
             log=log,
             timeout=RUN_TIMEOUT,
             extra_env=server.env if server else None,
         )
+        result = json.loads(result_path.read_text())
+        return ClusterRun(root=root, s3=server, result=result, log=log)
+
+    _cache.pending = Background(run)
+
+
+def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> ClusterRun:
+    """The shared run's result (started on the first call in this process, if not before)."""
+    if _cache.run is not None:
+        return _cache.run
+    if _cache.run_failure:
+        pytest.fail(f"the shared cluster run failed earlier in this session:\n{_cache.run_failure}")
+    start_cluster_run(tmp_path_factory)
+    try:
+        _cache.run = _cache.pending.result()
     except pytest.fail.Exception as exc:
         _cache.run_failure = str(exc)
         raise
-    _cache.run = ClusterRun(
-        root=root, s3=server, result=json.loads(result_path.read_text()), log=log
-    )
     return _cache.run

@@ -34,3 +34,22 @@ def demo_dataset(tmp_path_factory) -> str:
 
     root = tmp_path_factory.mktemp("demo")
     return generate_demo_dataset(str(root), images_per_class=6, image_size=32, seed=0)
+
+
+#: The tests that use the multi-node cluster run, and the module at whose first test it starts.
+CLUSTER_RUN_USERS = {"test_multinode.py", "test_s3_storage.py"}
+CLUSTER_RUN_STARTS_WITH = "test_check.py"
+
+
+@pytest.fixture(autouse=True)
+def cluster_run_started_early(request, tmp_path_factory):
+    """Start the multi-node cluster run (its own Ray, in a child process) in the background when
+    the suite reaches ``test_check.py``, if a module that uses it is selected: those checks run
+    on one core of the two, so the run's minute overlaps them instead of adding to the suite.
+    Selected alone, the modules that use it start it themselves."""
+    names = {item.path.name for item in request.session.items}
+    if request.node.path.name == CLUSTER_RUN_STARTS_WITH and names & CLUSTER_RUN_USERS:
+        from _cluster_scenario import start_cluster_run
+
+        start_cluster_run(tmp_path_factory)
+    yield
