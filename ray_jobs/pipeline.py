@@ -472,14 +472,16 @@ def predict_stage(
     ensure_ray: Callable[[], None],
 ) -> StageResult:
     def build() -> StageResult:
+        from concurrent.futures import ThreadPoolExecutor
+
         from ray_jobs.predict import predict
 
         ensure_ray()
-        outputs, info = {}, {}
         p = cfg.predict
-        for variant in VARIANTS:
+
+        def one(variant: str) -> Any:
             run = trained[variant]
-            summary = predict(
+            return predict(
                 PredictJobConfig(
                     storage=cfg.storage,
                     checkpoint=run["checkpoint"],
@@ -493,6 +495,13 @@ def predict_stage(
                     ray=cfg.ray,
                 )
             )
+
+        # The two models' predictions are independent Ray Data jobs: side by side, each one's
+        # actor start-up overlaps the other's work (and on a cluster they share its GPUs).
+        with ThreadPoolExecutor(max_workers=len(VARIANTS)) as pool:
+            summaries = dict(zip(VARIANTS, pool.map(one, VARIANTS), strict=True))
+        outputs, info = {}, {}
+        for variant, summary in summaries.items():
             outputs[f"{variant}_predictions"] = summary.output
             outputs[f"{variant}_accuracy"] = summary.accuracy_path
             info[variant] = {"accuracy": summary.accuracy, "images": summary.images}
