@@ -36,20 +36,31 @@ def demo_dataset(tmp_path_factory) -> str:
     return generate_demo_dataset(str(root), images_per_class=6, image_size=32, seed=0)
 
 
-#: The tests that use the multi-node cluster run, and the module at whose first test it starts.
-CLUSTER_RUN_USERS = {"test_multinode.py", "test_s3_storage.py"}
-CLUSTER_RUN_STARTS_WITH = "test_check.py"
+#: Ray scenarios that run in child processes with their own Ray, started in the background so
+#: that they overlap earlier tests: (the modules that use one, the module at whose first test it
+#: starts, or "" for the session's first test, and its starter as "module:function").
+BACKGROUND_SCENARIOS = [
+    # Its head and job start up while the first modules run their actor pools.
+    ({"test_job_submit.py"}, "", "test_job_submit:start_submit_scenario"),
+    # Its minute overlaps the fake-tensor checks, which run on one core of the two.
+    (
+        {"test_multinode.py", "test_s3_storage.py"},
+        "test_check.py",
+        "_cluster_scenario:start_cluster_run",
+    ),
+]
 
 
 @pytest.fixture(autouse=True)
-def cluster_run_started_early(request, tmp_path_factory):
-    """Start the multi-node cluster run (its own Ray, in a child process) in the background when
-    the suite reaches ``test_check.py``, if a module that uses it is selected: those checks run
-    on one core of the two, so the run's minute overlaps them instead of adding to the suite.
-    Selected alone, the modules that use it start it themselves."""
-    names = {item.path.name for item in request.session.items}
-    if request.node.path.name == CLUSTER_RUN_STARTS_WITH and names & CLUSTER_RUN_USERS:
-        from _cluster_scenario import start_cluster_run
+def background_scenarios_started(request, tmp_path_factory):
+    """Start each background scenario at its test when a module that uses it is selected.
+    Selected alone, the modules that use one start it themselves."""
+    import importlib
 
-        start_cluster_run(tmp_path_factory)
+    names = {item.path.name for item in request.session.items}
+    for users, starts_with, starter in BACKGROUND_SCENARIOS:
+        first = starts_with == "" and request.node is request.session.items[0]
+        if (first or request.node.path.name == starts_with) and names & users:
+            module, _, function = starter.partition(":")
+            getattr(importlib.import_module(module), function)(tmp_path_factory)
     yield

@@ -19,11 +19,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from _background import Background
 from _isolated_ray import REPO, IsolatedRay, isolated_ray, run_logged, tail
 
 from core import storage
@@ -114,49 +115,82 @@ class Head:
         self._out.close()
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory) -> Iterator[Head]:
-    logs = tmp_path_factory.mktemp("head")
+@dataclass
+class Submitted:
+    """What the head and the submitted job left: the answer without the token, the job's end."""
+
+    refused_with: int  # HTTP status of a request without the token
+    status: object  # JobStatus
+    logs: str
+    out: Path  # the job's storage folder
+    leftovers: list[int]  # head processes still alive after it was stopped
+
+
+def submit_scenario(logs: Path, out: Path) -> Submitted:
+    """Start the head, ask without the token, submit the caption job, wait for its end, stop."""
     with isolated_ray() as iso:
         head = Head(iso, logs / "head.log")
         try:
             head.wait_ready()
-            yield head
+            try:
+                urllib.request.urlopen(f"{head.address}/api/jobs/", timeout=10)
+                refused_with = 200
+            except urllib.error.HTTPError as exc:
+                refused_with = exc.code
+            submission_id = f"caption-{uuid.uuid4().hex[:8]}"
+            submit = [
+                "python", "-m", "ray.scripts.scripts", "job", "submit",
+                "--address", head.address, "--submission-id", submission_id,
+                "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
+                "--no-wait", "--",
+                "python", "-m", "ray_jobs.caption", "--config",
+                "ray_jobs/configs/caption_demo.yaml",
+                f"storage={out}", "demo.images_per_class=3", "demo.image_size=32",
+            ]  # fmt: skip
+            # The CLI sends the token because RAY_AUTH_MODE=token and RAY_AUTH_TOKEN are in its
+            # environment.
+            run_logged(submit, head.iso, logs / "submit.log", timeout=120)
+            client = head.client()
+            deadline = time.monotonic() + JOB_TIMEOUT
+            status = client.get_job_status(submission_id)
+            while not status.is_terminal() and time.monotonic() < deadline:
+                time.sleep(0.25)
+                status = client.get_job_status(submission_id)
+            logs_text = client.get_job_logs(submission_id)
         finally:
             head.stop()
             leftovers = iso.wait_gone(15.0)
-    assert not leftovers, f"the head left processes behind (now ended): {leftovers}"
+    return Submitted(refused_with, status, logs_text, out, leftovers)
 
 
-def test_job_server_refuses_requests_without_the_token(head) -> None:
-    with pytest.raises(urllib.error.HTTPError) as excinfo:
-        urllib.request.urlopen(f"{head.address}/api/jobs/", timeout=10)
-    assert excinfo.value.code in (401, 403)
+def start_submit_scenario(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Start it in the background (once per process): its head and job are child processes
+    with their own Ray, so it can overlap the tests before this module (``conftest``)."""
+    if _pending.get("run") is None:
+        logs, out = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("submit") / "out"
+        _pending["run"] = Background(submit_scenario, logs, out)
 
 
-def test_submitted_caption_job_succeeds_and_writes_parquet(head, tmp_path) -> None:
+_pending: dict[str, Background] = {}
+
+
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory) -> Submitted:
+    start_submit_scenario(tmp_path_factory)
+    result = _pending["run"].result()
+    assert not result.leftovers, f"the head left processes behind (now ended): {result.leftovers}"
+    return result
+
+
+def test_job_server_refuses_requests_without_the_token(submitted) -> None:
+    assert submitted.refused_with in (401, 403)
+
+
+def test_submitted_caption_job_succeeds_and_writes_parquet(submitted) -> None:
     from ray.job_submission import JobStatus
 
-    out = tmp_path / "storage"
-    submission_id = f"caption-{uuid.uuid4().hex[:8]}"
-    submit = [
-        "python", "-m", "ray.scripts.scripts", "job", "submit",
-        "--address", head.address, "--submission-id", submission_id,
-        "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
-        "--no-wait", "--",
-        "python", "-m", "ray_jobs.caption", "--config", "ray_jobs/configs/caption_demo.yaml",
-        f"storage={out}", "demo.images_per_class=3", "demo.image_size=32",
-    ]  # fmt: skip
-    # The CLI sends the token because RAY_AUTH_MODE=token and RAY_AUTH_TOKEN are in its env.
-    run_logged(submit, head.iso, tmp_path / "submit.log", timeout=120)
-    client = head.client()
-    deadline = time.monotonic() + JOB_TIMEOUT
-    status = client.get_job_status(submission_id)
-    while not status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(0.25)
-        status = client.get_job_status(submission_id)
-    logs = client.get_job_logs(submission_id)
-    assert status == JobStatus.SUCCEEDED, f"job ended {status}:\n{logs[-6000:]}"
+    logs, out = submitted.logs, submitted.out
+    assert submitted.status == JobStatus.SUCCEEDED, f"job ended {submitted.status}:\n{logs[-6000:]}"
     assert "captioning done: captioned=24 skipped=0 failed=0" in logs
 
     manifest = read_manifest(str(out / "demo" / "manifest.parquet"))
