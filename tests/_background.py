@@ -1,8 +1,9 @@
 """A module's independent Ray runs, started together.
 
 A short Ray Train fit spends half its time waiting on process start-up and polls with one of
-the two cores idle; a second fit started in a thread fills those gaps. A fixture starts one with
-:func:`start` early and another fixture takes its result, which re-raises what the run raised.
+the two cores idle; a second fit started in a thread fills those gaps. A fixture starts one as a
+:class:`Background` early and another fixture takes its result, which re-raises what the run
+raised.
 Only runs that use absolute paths go to the background (the main thread may change directory).
 """
 
@@ -33,7 +34,3 @@ class Background:
         if self._error is not None:
             raise self._error
         return self._value
-
-
-def start(fn: Callable[..., Any], *args: Any) -> Background:
-    return Background(fn, *args)

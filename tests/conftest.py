@@ -51,16 +51,21 @@ BACKGROUND_SCENARIOS = [
 ]
 
 
+@pytest.fixture(scope="session")
+def selected_modules(request) -> set[str]:
+    """File names of the test modules this session runs."""
+    return {item.path.name for item in request.session.items}
+
+
 @pytest.fixture(autouse=True)
-def background_scenarios_started(request, tmp_path_factory):
+def background_scenarios_started(request, tmp_path_factory, selected_modules):
     """Start each background scenario at its test when a module that uses it is selected.
     Selected alone, the modules that use one start it themselves."""
     import importlib
 
-    names = {item.path.name for item in request.session.items}
     for users, starts_with, starter in BACKGROUND_SCENARIOS:
         first = starts_with == "" and request.node is request.session.items[0]
-        if (first or request.node.path.name == starts_with) and names & users:
+        if (first or request.node.path.name == starts_with) and selected_modules & users:
             module, _, function = starter.partition(":")
             getattr(importlib.import_module(module), function)(tmp_path_factory)
     yield

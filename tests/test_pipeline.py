@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from _background import start as start_in_background
+from _background import Background
 
 from core.config import ConfigError, load_config
 from core.config.pipeline import PipelineJobConfig
@@ -123,7 +123,7 @@ def killed_then_rerun(ray_local, image_folder, tmp_path_factory):
     shutil.copytree(folders[0], planted)
     (planted / "meta.json").write_text(json.dumps({"epoch": 9}))
     _truncate(planted / STATE_FILE)
-    reference = start_in_background(
+    reference = Background(
         _uninterrupted_baseline, args, state, tmp_path_factory.mktemp("uninterrupted")
     )
     result = main(args)

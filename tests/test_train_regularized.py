@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _background import start as start_in_background
+from _background import Background
 from _data_plan import expected_skips
 
 from core.config import TrainRegularizedConfig, load_config
@@ -137,7 +137,7 @@ def two_workers_started(ray_local, with_bad_images, means_file, tmp_path_factory
         "run.fail_at_epoch=1",
         "run.max_failures=1",
     )
-    return start_in_background(train_regularized, cfg)
+    return Background(train_regularized, cfg)
 
 
 @pytest.fixture(scope="module")
