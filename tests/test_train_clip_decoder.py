@@ -3,7 +3,10 @@
 Two fits in all (worker-group start-up dominates on a small machine), shared by the tests: one
 worker, and two workers on a manifest whose unseen labels are flipped, with one worker killed
 once mid-epoch 1. Whatever tells the second run from the first (worker count, the unseen labels,
-a restart from the epoch-0 checkpoint) must leave the training loss alone.
+a restart from the epoch-0 checkpoint) must leave the training loss alone. This module is where
+the engine's in-run restart is tested for every method: the restart and the checkpoint it
+resumes from are the engine's, and this method's state is the largest (BatchNorm statistics,
+group BatchNorm across workers, the label embeddings).
 """
 
 from __future__ import annotations
