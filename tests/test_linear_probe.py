@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _background import Background
 
 from core.config import load_config
 from core.train.engine import fit
@@ -81,7 +82,7 @@ def sweep(ray_local, demo_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_local, demo_dataset, tmp_path_factory):
+def two_workers(ray_local, demo_dataset, tmp_path_factory, sweep, over_the_limit):
     root = tmp_path_factory.mktemp("probe")
     cfg = _config(root, demo_dataset, "run.num_workers=2")
     return fit("linear_probe", cfg, str(root / "runs"), "w2")
@@ -127,33 +128,45 @@ def test_a_two_trial_sweep_over_the_probe(sweep) -> None:
     assert best.optim.head_lr == sweep.best["config"]["optim.head_lr"]
 
 
-def test_unreadable_images_past_the_limit_stop_the_job_with_one_line(
-    ray_local, demo_dataset, tmp_path, capsys
-) -> None:
-    """With ``run.max_bad_images=0`` the first epoch that meets an unreadable image ends the
-    run: every worker stops before reporting it, and the job exits with one line naming the
-    files (no traceback)."""
+@pytest.fixture(scope="module")
+def over_the_limit(ray_local, demo_dataset, tmp_path_factory):
+    """The training job on the demo manifest plus two unreadable training images, with
+    ``run.max_bad_images=0``, started in the background beside the two-worker run (three worker
+    CPUs of the four, the fourth decodes for both; beside the sweep's two trials there would be
+    none left to decode with). Its test takes what it raised."""
     import pyarrow as pa
 
     from core.data.manifest import read_manifest, write_manifest
     from ray_jobs import train
-    from ray_jobs.cli import run_main
 
-    (tmp_path / "empty.png").write_bytes(b"")
+    folder = tmp_path_factory.mktemp("over-limit")
+    (folder / "empty.png").write_bytes(b"")
     rows = read_manifest(demo_dataset).to_pylist()
     good = next(r for r in rows if r["split"] == "train")
     for name in ("missing.png", "empty.png"):
-        rows.append({**good, "id": name, "path": str(tmp_path / name)})
-    manifest = write_manifest(pa.Table.from_pylist(rows), str(tmp_path / "manifest.parquet"))
-    argv = ["--method", "linear_probe", f"storage={tmp_path}", f"manifest={manifest}"]
+        rows.append({**good, "id": name, "path": str(folder / name)})
+    manifest = write_manifest(pa.Table.from_pylist(rows), str(folder / "manifest.parquet"))
+    argv = ["--method", "linear_probe", f"storage={folder}", f"manifest={manifest}"]
     argv += ["run.epochs=2", "run.batch_size=8", "run.max_bad_images=0"]
+    return folder, Background(train.main, argv)
+
+
+def test_unreadable_images_past_the_limit_stop_the_job_with_one_line(
+    over_the_limit, capsys
+) -> None:
+    """With ``run.max_bad_images=0`` the first epoch that meets an unreadable image ends the
+    run: every worker stops before reporting it, and the job exits with one line naming the
+    files (no traceback)."""
+    from ray_jobs.cli import run_main
+
+    folder, job = over_the_limit
     with pytest.raises(SystemExit) as info:
-        run_main(lambda: train.main(argv))
+        run_main(job.result)  # what the job raised, through the command line's handler
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]  # the job's logs come before it
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: run.max_bad_images: 2 training images cannot be read"), last
-    assert str(tmp_path / "missing.png") in last and str(tmp_path / "empty.png") in last
-    run_dir = tmp_path / "runs" / "linear_probe"
+    assert str(folder / "missing.png") in last and str(folder / "empty.png") in last
+    run_dir = folder / "runs" / "linear_probe"
     assert not (run_dir / "metrics.jsonl").exists()  # no epoch was reported
