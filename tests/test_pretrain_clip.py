@@ -12,6 +12,7 @@ import open_clip
 import pyarrow as pa
 import pytest
 import torch
+from _background import Background
 from safetensors.torch import load_file
 
 from core.config import ClipConfig, load_config
@@ -141,19 +142,25 @@ def _config(storage: Path, manifest: str, *overrides: str) -> PretrainClipConfig
 
 
 @pytest.fixture(scope="module")
-def one_worker(ray_local, pool, tmp_path_factory):
+def two_workers_started(ray_local, pool, tmp_path_factory):
+    """Two workers, started in the background while the one-worker run trains. (A killed
+    worker resumed from its checkpoint is the engine's, tested in the CLIP-Decoder module.)"""
+    from ray_jobs.pretrain_clip import pretrain
+
+    cfg = _config(tmp_path_factory.mktemp("w2"), pool, "name=w2", "run.num_workers=2")
+    return Background(pretrain, cfg)
+
+
+@pytest.fixture(scope="module")
+def one_worker(ray_local, pool, tmp_path_factory, two_workers_started):
     from ray_jobs.pretrain_clip import pretrain
 
     return pretrain(_config(tmp_path_factory.mktemp("w1"), pool, "name=w1"))
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_local, pool, tmp_path_factory):
-    """Two workers. (A killed worker resumed from its checkpoint is the engine's, tested in
-    the CLIP-Decoder module.)"""
-    from ray_jobs.pretrain_clip import pretrain
-
-    return pretrain(_config(tmp_path_factory.mktemp("w2"), pool, "name=w2", "run.num_workers=2"))
+def two_workers(two_workers_started):
+    return two_workers_started.result()
 
 
 @pytest.mark.ray
