@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from _background import Background
 from _data_plan import expected_skips
 from _tolerance import assert_close_rel
 
@@ -95,15 +96,15 @@ def with_bad_images(demo, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_worker(ray_local, with_bad_images, tmp_path_factory):
+def one_worker(ray_local, with_bad_images, tmp_path_factory, two_workers_started):
     return train_clip_decoder(_config(tmp_path_factory.mktemp("w1"), with_bad_images, "name=w1"))
 
 
 @pytest.fixture(scope="module")
-def two_workers_flipped_killed(ray_local, demo, with_bad_images, tmp_path_factory):
+def two_workers_started(ray_local, demo, with_bad_images, tmp_path_factory):
     """Two workers; every image's unseen labels flipped (present <-> absent), in the training
     split too; the last worker killed once in epoch 1 (the group resumes from the epoch-0
-    checkpoint)."""
+    checkpoint). Started in the background while the one-worker run trains."""
     root = tmp_path_factory.mktemp("flipped")
     table = read_manifest(with_bad_images)
     unseen = set(demo.unseen)
@@ -123,7 +124,12 @@ def two_workers_flipped_killed(ray_local, demo, with_bad_images, tmp_path_factor
         "run.fail_at_epoch=1",
         "run.max_failures=1",
     )
-    return train_clip_decoder(cfg)
+    return Background(train_clip_decoder, cfg)
+
+
+@pytest.fixture(scope="module")
+def two_workers_flipped_killed(two_workers_started):
+    return two_workers_started.result()
 
 
 def test_one_worker_writes_each_epoch_once_and_final_metrics(one_worker) -> None:
