@@ -14,7 +14,6 @@ import torch
 from _background import Background
 
 from core.config import load_config
-from core.train.engine import fit
 from core.train.registry import METHODS, get_method
 
 pytestmark = pytest.mark.ray
@@ -55,8 +54,7 @@ def test_the_method_is_one_module_and_one_registry_line() -> None:
 
 @pytest.fixture(scope="module")
 def sweep(ray_local, demo_dataset, tmp_path_factory):
-    """A 2-trial grid over the head's learning rate; its 0.05 trial is also the one-worker
-    reference run of the equivalence test (same settings as ``_config``)."""
+    """A 2-trial grid over the head's learning rate (same settings as ``_config`` otherwise)."""
     from core.tune.config import TuneJobConfig
     from core.tune.sweep import run_sweep
 
@@ -81,29 +79,41 @@ def sweep(ray_local, demo_dataset, tmp_path_factory):
     return run_sweep(cfg)
 
 
-@pytest.fixture(scope="module")
-def two_workers(ray_local, demo_dataset, tmp_path_factory, sweep, over_the_limit):
-    root = tmp_path_factory.mktemp("probe")
-    cfg = _config(root, demo_dataset, "run.num_workers=2")
-    return fit("linear_probe", cfg, str(root / "runs"), "w2")
-
-
-def test_two_workers_train_like_one(sweep, two_workers) -> None:
-    """Same global batch (8 = 2 x 4), same seed: the same loss every epoch up to float
-    summation order, and the same accuracies, as the sweep's one-worker trial."""
+def _trial_history(sweep, trial: dict) -> list[dict]:
     from core.train.engine import read_history
     from core.tune.trial import run_dir
 
-    (trial,) = [r for r in sweep.records if r["config"]["optim.head_lr"] == 0.05]
-    one = read_history(run_dir(sweep.sweep_dir, trial["trial_id"]))
+    return read_history(run_dir(sweep.sweep_dir, trial["trial_id"]))
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_local, sweep, over_the_limit):
+    """The sweep's best preset given to the training job with two workers instead of the
+    trials' one: one run that checks both that a preset reproduces its trial and that two
+    workers train like one."""
+    from ray_jobs import train
+
+    return train.main(
+        ["--method", "linear_probe", "--config", sweep.best_preset, "run.num_workers=2"]
+    )
+
+
+def test_the_best_preset_on_two_workers_trains_like_its_trial(sweep, two_workers) -> None:
+    """Same global batch (8 = 2 x 4), same seed: the same loss every epoch up to float
+    summation order (1e-5, as for every 2 = 1 check), and the same accuracies, as the best
+    trial trained on one worker."""
+    one = _trial_history(sweep, sweep.best)
     assert [h["epoch"] for h in one] == list(range(EPOCHS))
+    assert two_workers.run_dir.endswith("/runs/probe_best")
     assert len(two_workers.history) == EPOCHS
     for a, b in zip(one, two_workers.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["train_acc"] == b["train_acc"]
         assert a["val_acc"] == b["val_acc"] and a["test_acc"] == b["test_acc"]
-    # The head learns: the loss falls from ln(8) (uniform over 8 classes) at the start.
-    assert one[-1]["train_loss"] < one[0]["train_loss"]
+    # The head learns at 0.05: the loss falls from ln(8) (uniform over 8 classes) at the start.
+    (fast,) = [r for r in sweep.records if r["config"]["optim.head_lr"] == 0.05]
+    history = _trial_history(sweep, fast)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_encoder_stays_frozen_and_the_checkpoint_predicts(two_workers, demo_dataset) -> None:

@@ -3,8 +3,9 @@
 One regularized sweep carries the integration checks, because every trial is a full Ray Train
 run (about 8 s each on 2 cores, most of it starting processes): 5 trials, at most 2 at once,
 ASHA on the training cross-entropy; it is interrupted (SIGINT, as Ctrl+C) once two trials have
-ended, then resumed to the end, and its best preset is trained again by the training job. The
-rest, the CLIP-Decoder target's planning and outputs included, run without Ray.
+ended, then resumed to the end, and its best preset is read back (the linear probe's module
+trains a best preset again). The rest, the CLIP-Decoder target's planning and outputs included,
+run without Ray.
 """
 
 from __future__ import annotations
@@ -313,14 +314,11 @@ def test_stopped_and_interrupted_trials_leave_nothing_on_the_cluster(interrupted
 
 
 @pytest.mark.ray
-def test_best_preset_reproduces_the_best_trial(interrupted_sweep) -> None:
-    """The preset, given as is to the training job with the same seed, trains to the best
-    trial's final loss and the same validation accuracy. CPU training is deterministic here, so
-    the losses should match exactly; 1e-5 relative (not 1e-6, 8 float32 epsilons) tolerates the
-    float32 rounding of a different reduction order, while another preset (learning rate,
-    prompt, alpha) moves the loss by far more."""
-    from ray_jobs import train_regularized
-
+def test_best_preset_holds_the_best_trials_settings(interrupted_sweep) -> None:
+    """The best trial is the complete one with the lowest training cross-entropy, and the
+    preset is the training section with its settings (learning rate, prompt, alpha). That a
+    preset given to the training job trains as its trial did is checked in the linear probe's
+    module (there with two workers, which also checks 2 = 1)."""
     summary = interrupted_sweep.resumed
     best = summary.best
     complete = [r for r in summary.records if not r["stopped_early"]]
@@ -328,13 +326,8 @@ def test_best_preset_reproduces_the_best_trial(interrupted_sweep) -> None:
     preset = load_config(TrainRegularizedConfig, summary.best_preset)
     assert preset.optim.head_lr == best["config"]["optim.head_lr"]
     assert preset.prompt == best["config"]["prompt"] and preset.run.epochs == EPOCHS
-    run = train_regularized.main(["--config", summary.best_preset]).runs[0]
-    assert run.run_dir.endswith("/runs/sweep_best")
-    assert [h["epoch"] for h in run.history] == list(range(EPOCHS))
-    final = run.history[-1]
-    assert final["train_ce"] == pytest.approx(best["metrics"]["train_ce"], rel=1e-5)
-    assert final["train_loss"] == pytest.approx(best["metrics"]["train_loss"], rel=1e-5)
-    assert final["val_acc"] == best["metrics"]["val_acc"]
+    assert preset.alpha == pytest.approx(best["config"]["alpha"], rel=1e-12)
+    assert preset.name == "sweep_best"
 
 
 # --------------------------------------------------------------------------------------------
