@@ -5,6 +5,10 @@ the two cores idle; a second fit started in a thread fills those gaps. A fixture
 :class:`Background` early and another fixture takes its result, which re-raises what the run
 raised.
 Only runs that use absolute paths go to the background (the main thread may change directory).
+The session's Ray has 4 logical CPUs: the runs at once may hold at most 3 for their workers (and
+trial drivers), since every run's decoding tasks need one whole CPU left free; with less, the
+streams wait for it forever (the linear probe's sweep, two trials at 1.01 CPUs each, leaves no
+room for a third run).
 """
 
 from __future__ import annotations
