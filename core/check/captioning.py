@@ -152,17 +152,26 @@ def generation_peak(
         embeds = fake_device.fake_tensor(mode, (batch, prompt_len, hidden), dtype, device)
         return llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
 
-    def measure() -> int:
-        with mode, fake_device.gpu_attention(), torch.no_grad():
-            return memory.measure_forward(prefill).peak_live
-
     key = ("prefill", type(llm).__name__, memory.config_key(values), batch, prompt_len)
-    peak_live = memory.measured_once((*key, str(dtype), str(device)), measure)
+    peak_live = _fake_peak_once(key, mode, prefill, dtype, device)
     item = torch.empty((), dtype=dtype).element_size()
     per_layer = 2 * batch * (prompt_len + new_tokens) * kv * head_dim * item
     # Growing the cache copies one layer's keys and values; logits and scores are float32.
     temporaries = per_layer + 2 * batch * vocab * 4
     return peak_live, layers * per_layer, temporaries
+
+
+def _fake_peak_once(
+    key: tuple[Any, ...], mode: Any, run: Any, dtype: torch.dtype, device: torch.device
+) -> int:
+    """Peak live bytes of ``run()`` on fake tensors, measured once per process for ``key``
+    (what the model and shapes are) in ``dtype`` on ``device``."""
+
+    def measure() -> int:
+        with mode, fake_device.gpu_attention(), torch.no_grad():
+            return memory.measure_forward(run).peak_live
+
+    return memory.measured_once((*key, str(dtype), str(device)), measure)
 
 
 def _context(r: Any, llm: str, prompt: tuple[int, str, int], new: int, limit: int) -> None:
@@ -237,8 +246,7 @@ def _check_minigpt4(ctx: Context, cfg: Any, paths: dict[str, str]) -> None:
     queries = int(side.query_tokens.shape[1])
     limit = int(llm.values.get("max_position_embeddings", 2048))
     _context(ctx.report, llm.name, (text_tokens, how, queries), cap.max_new_tokens, limit)
-    side_key = memory.config_key(blip2)
-    _minigpt4_memory(ctx, cap, (side, side_key), proj[:2], llm, text_tokens + queries)
+    _minigpt4_memory(ctx, cap, side, proj[:2], llm, text_tokens + queries)
 
 
 def _minigpt4_agreements(
@@ -296,13 +304,12 @@ def _minigpt4_agreements(
 def _minigpt4_memory(
     ctx: Context,
     cap: Any,
-    image_side: tuple[meta_build.Blip2ImageSide, str],  # and its configuration's key
+    side: meta_build.Blip2ImageSide,
     proj_shape: tuple[int, int],
     llm: LLMSpec,
     prompt_len: int,
 ) -> None:
     """One actor: weights in the backend's dtypes, image encoding, prefill and KV cache."""
-    side, side_key = image_side
     placement = ctx.placement(cap.num_gpus)
     device = device_of(placement)
     dtype = _dtype(cap.dtype, device)
@@ -328,6 +335,9 @@ def _minigpt4_memory(
         "{proj:.2f}M + LLM {llm:.1f}M".format(**counts)
     )
 
+    configs = [memory.config_key(m.config.to_dict()) for m in (side.vision, side.qformer)]
+    images_key = ("minigpt4 images", *configs, tuple(side.query_tokens.shape), proj_shape)
+
     def encode(batch: int) -> int:
         def run() -> torch.Tensor:
             size = side.image_size
@@ -342,12 +352,7 @@ def _minigpt4_memory(
             ).last_hidden_state
             return parts["proj"](out.to(dtype))
 
-        def measure() -> int:
-            with mode, fake_device.gpu_attention(), torch.no_grad():
-                return memory.measure_forward(run).peak_live
-
-        key = ("minigpt4 images", side_key, proj_shape, batch, str(dtype), str(device))
-        return memory.measured_once(key, measure)
+        return _fake_peak_once((*images_key, batch), mode, run, dtype, device)
 
     def peak_at(batch: int) -> tuple[int, str]:
         images = encode(batch)
@@ -489,18 +494,14 @@ def _llava_memory(ctx: Context, cap: Any, model: nn.Module, source: str, prompt_
     ctx.report.note(f"params: llava ({source}): {ctx.report.params / 1e6:.1f}M")
     size = model.config.vision_config.image_size
     lm_values = model.config.text_config.to_dict()
+    images_key = ("llava images", memory.config_key(model.config.to_dict()))
 
     def encode(batch: int) -> int:
         def run() -> Any:
             pixels = fake_device.fake_tensor(mode, (batch, 3, size, size), dtype, device)
             return model.model.get_image_features(pixel_values=pixels)
 
-        def measure() -> int:
-            with mode, fake_device.gpu_attention(), torch.no_grad():
-                return memory.measure_forward(run).peak_live
-
-        key = ("llava images", memory.config_key(model.config.to_dict()), batch)
-        return memory.measured_once((*key, str(dtype), str(device)), measure)
+        return _fake_peak_once((*images_key, batch), mode, run, dtype, device)
 
     def peak_at(batch: int) -> tuple[int, str]:
         images = encode(batch)
