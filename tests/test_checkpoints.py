@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _crash import truncate
 from torch import nn
 
 from core.train.launch import recorded_checkpoints, remove_unrecorded_checkpoints
@@ -81,11 +82,6 @@ def test_a_readable_latest_checkpoint_is_used_without_a_warning(run, monkeypatch
     assert _same_weights(model, _weights_of(_latest(run))) and warnings == []
 
 
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 3])
-
-
 def _missing_keys(path: Path) -> None:
     state = torch.load(path, weights_only=True)
     torch.save({"model": state["model"], "epoch": state["epoch"]}, path)
@@ -100,7 +96,7 @@ def _other_model(path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (_truncate, "failed finding central directory"),
+        (truncate, "failed finding central directory"),
         (lambda p: p.write_text("not a torch file"), "Unsupported operand"),
         (_missing_keys, "no optimizer, scheduler, history entry"),
         (_other_model, "other shapes (0.weight)"),
@@ -145,9 +141,9 @@ def test_the_newest_by_epoch_is_tried_first_and_unreadable_ones_are_counted(
     run, monkeypatch, caplog
 ):
     """A folder left by a killed run (newest epoch, half written) is skipped too."""
-    _truncate(_latest(run) / STATE_FILE)
+    truncate(_latest(run) / STATE_FILE)
     orphan = _write_checkpoint(run, "checkpoint_2026-01-01_00-02-00.000000", 2, seed=3)
-    _truncate(orphan / STATE_FILE)
+    truncate(orphan / STATE_FILE)
     newer = _write_checkpoint(run, "checkpoint_2000-01-01_00-00-00.000000", 3, seed=4)
     start, history, model, warnings = _restore(run, monkeypatch, caplog)
     assert start == 4 and history[-1]["train_loss"] == 43.0  # epoch 3 beats an older name
@@ -160,7 +156,7 @@ def test_the_newest_by_epoch_is_tried_first_and_unreadable_ones_are_counted(
 
 def test_no_readable_checkpoint_starts_from_scratch_with_one_warning(run, monkeypatch, caplog):
     for folder in run.iterdir():
-        _truncate(folder / STATE_FILE)
+        truncate(folder / STATE_FILE)
     start, history, model, warnings = _restore(run, monkeypatch, caplog)
     assert (start, history) == (0, [])
     assert _same_weights(model, _parts(seed=99)[0].state_dict())  # untouched
@@ -215,8 +211,8 @@ def test_on_s3_the_fallback_and_the_clean_up_work_through_pyarrow(tmp_path, monk
     _write_checkpoint(local, "checkpoint_a", 0, seed=1)
     _write_checkpoint(local, "checkpoint_b", 1, seed=2)
     _write_checkpoint(local, "checkpoint_c", 2, seed=3)  # never recorded
-    _truncate(local / "checkpoint_b" / STATE_FILE)  # Ray Train's latest
-    _truncate(local / "checkpoint_c" / STATE_FILE)  # half written when the run was killed
+    truncate(local / "checkpoint_b" / STATE_FILE)  # Ray Train's latest
+    truncate(local / "checkpoint_c" / STATE_FILE)  # half written when the run was killed
     run_dir = f"s3://{server.bucket}/checkpoints-test/run"
     for file in local.rglob("*"):
         if file.is_file():

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from _background import Background
+from _crash import truncate
 
 from core.config import ConfigError, load_config
 from core.config.pipeline import PipelineJobConfig
@@ -73,11 +74,6 @@ def _epoch_of(folder: Path) -> int:
     return json.loads((folder / "meta.json").read_text())["epoch"]
 
 
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 3])
-
-
 def _uninterrupted_baseline(args: list[str], state: dict, storage: Path):
     """The pipeline's baseline training, from the same manifest and class means, in its own
     folder and never interrupted: what the killed baseline must end up equal to."""
@@ -118,11 +114,11 @@ def killed_then_rerun(ray_local, image_folder, tmp_path_factory):
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # killed in epoch 2
     folders = {_epoch_of(f): f for f in baseline.glob("checkpoint_*") if f.is_dir()}
     assert sorted(folders) == [0, 1]
-    _truncate(folders[1] / STATE_FILE)  # Ray Train's latest
+    truncate(folders[1] / STATE_FILE)  # Ray Train's latest
     planted = baseline / "checkpoint_2999-01-01_00-00-00.000000"  # written, never recorded
     shutil.copytree(folders[0], planted)
     (planted / "meta.json").write_text(json.dumps({"epoch": 9}))
-    _truncate(planted / STATE_FILE)
+    truncate(planted / STATE_FILE)
     reference = Background(
         _uninterrupted_baseline, args, state, tmp_path_factory.mktemp("uninterrupted")
     )
